@@ -1,0 +1,52 @@
+# sasa_fastai: everything a new user or CI runs. `make test` and `make demo` set up a local .venv on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP_QUIET := 2>&1 | grep -v -e '^WARNING: Location' -e '^$$' || true
+# OpenMP threads sleep instead of spinning when idle: under contention spinning made steps 30-50x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
+FLAGS ?=
+
+.PHONY: test demo bench readme sync-check readme-check nbtest clean-venv
+
+$(STAMP): settings.ini setup.py
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "Installing sasa_fastai and its dev tools into $(VENV) (first run: a few minutes)..."
+	@set -e; $(PY) -m pip install --disable-pip-version-check -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	@touch $(STAMP)
+
+# nbdev's CI checks: notebooks clean, library in sync with the notebooks (fails if either command changes a file)
+sync-check: $(STAMP)
+	@before=$$(git diff --no-ext-diff | sha1sum; git status --porcelain); \
+	$(VENV)/bin/nbdev_clean; $(VENV)/bin/nbdev_export; \
+	after=$$(git diff --no-ext-diff | sha1sum; git status --porcelain); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "nbdev_clean/nbdev_export changed files: notebooks not clean or library not in sync with nbs/:"; \
+	  git status --short; exit 1; fi; echo "notebooks clean, library in sync"
+
+# README.md is generated from nbs/index.ipynb
+readme: $(STAMP)
+	@$(PY) tools/make_readme.py README.md
+
+readme-check: $(STAMP)
+	@$(PY) tools/make_readme.py --check README.md
+
+nbtest: $(STAMP)
+	@cd nbs && OMP_NUM_THREADS=1 ../$(VENV)/bin/nbdev_test --do_print --timing --flags "$(FLAGS)" 2>&1 | tee ../.nbtest.log; \
+	rc=$$?; cd ..; \
+	total=$$(grep -c '^Starting' .nbtest.log); \
+	failed=$$(sed -n '/Tests Failed On The Following Notebooks/,$$p' .nbtest.log | grep -c $$'^\t'); \
+	echo "$$((total - failed)) passed, $$failed failed"; exit $$rc
+
+test: sync-check readme-check nbtest
+
+demo: $(STAMP)
+	@$(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --epochs 5 --out out/demo
+
+bench: $(STAMP)
+	@$(VENV)/bin/sasa_bench --out bench_out
+
+clean-venv:
+	rm -rf $(VENV)
