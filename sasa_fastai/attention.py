@@ -38,15 +38,17 @@ def _mask(logit, masked, ks):
     return logit.masked_fill(~inside, float('-inf'))
 
 # %% ../nbs/00_attention.ipynb #bf4d81a0
-def reference_backend(q, k, v, rh, rw, ks, masked=False, need_weights=False):
+def reference_backend(q, k, v, emb_h, emb_w, masked=False, need_weights=False):
     "The k*k-copies formulation: gather every window, then softmax(q.k + q.r) and a weighted sum."
+    ks, (rh, rw) = emb_h.shape[0], rel_logits(q, emb_h, emb_w)
     logit = _mask(torch.einsum('bndhw,bndhwo->bnohw', q, _windows(k, ks)) + _rel(rh, rw), masked, ks)
     w = logit.softmax(2)
     return torch.einsum('bnohw,bndhwo->bndhw', w, _windows(v, ks)), (w if need_weights else None)
 
 # %% ../nbs/00_attention.ipynb #be19a0cb
-def shift_backend(q, k, v, rh, rw, ks, masked=False, need_weights=False):
+def shift_backend(q, k, v, emb_h, emb_w, masked=False, need_weights=False):
     "Memory-lean pure PyTorch: one pass per window offset over shifted views of the zero-padded keys and values."
+    ks, (rh, rw) = emb_h.shape[0], rel_logits(q, emb_h, emb_w)
     H, W, p = *q.shape[-2:], ks // 2
     kp, vp = F.pad(k, (p, p, p, p)), F.pad(v, (p, p, p, p))
     offsets = [(a, b) for a in range(ks) for b in range(ks)]
@@ -61,7 +63,8 @@ _NATIVE_SRC = r"""
 // image row (vectorised), with the sums over channels and window offsets kept in registers.
 // Layout (per-head planes): q, k, v are [B, N, D, H, W] with contiguous planes and a batch stride `bs` (elements),
 // so the three can be views into one projection output; out, dq, dk, dv are [B, N, D, H, W] contiguous.
-// rh, rw (and their grads) are [B, N, K, H, W]: the row part and the column part of q.r for each offset.
+// eh, ew are the relative embedding tables [K, N, D/2] (row offsets, column offsets); q.r splits into
+// rh[a] = q[:D/2] . eh[a] and rw[b] = q[D/2:] . ew[b], computed here per head (2K numbers per pixel, never stored).
 // lse: [B, N, H, W]. wts (optional): [B, N, K*K, H, W].
 // The logit of query (i, j) for the key (i+a-h, j+b-h), h = K/2, is q.k + rh[a] + rw[b]. Outside the image the key
 // and value are zero (the paper's zero-padded memory), so the logit is rh[a] + rw[b]; with `masked` the position is
@@ -93,7 +96,7 @@ static inline double exp_(double x) { return std::exp(x); }
 constexpr int JB = 16;  // pixels per register block: every inner loop below has this fixed trip count
 
 template <typename T> struct Problem {
-  const T *q, *k, *v, *rh, *rw;
+  const T *q, *k, *v, *eh, *ew;
   long bs;  // batch stride of q, k, v
   int B, N, D, H, W, K, masked;
   int h() const { return K / 2; }
@@ -115,6 +118,21 @@ template <typename T> struct Padded {
     for (int c = 0; c < planes; ++c)
       for (int i = 0; i < P.H; ++i)
         std::memcpy(&buf[c * HWp + (long)(i + h) * Wp + h], src + c * P.HW() + (long)i * P.W, sizeof(T) * P.W);
+  }
+  // the relative logits of head n: plane a = sum_d emb[a, n, d] * q[half * D/2 + d] (zero outside the image)
+  void rel(const Problem<T>& P, const T* q, const T* emb, int n, int half) {
+    const int h = P.h(), D2 = P.D / 2; Wp = P.Wp(); HWp = P.HWp();
+    buf.assign(P.K * HWp + JB, T(0));
+    for (int a = 0; a < P.K; ++a)
+      for (int d = 0; d < D2; ++d) {
+        const T c = emb[((long)a * P.N + n) * D2 + d];
+        const T* qd = q + (long)(half * D2 + d) * P.HW();
+        for (int i = 0; i < P.H; ++i) {
+          T* __restrict dst = &buf[a * HWp + (long)(i + h) * Wp + h];
+          const T* __restrict src = qd + (long)i * P.W;
+          for (int j = 0; j < P.W; ++j) dst[j] += c * src[j];
+        }
+      }
   }
   const T* at(int c, long idx) const { return buf.data() + c * HWp + idx; }
 };
@@ -195,7 +213,7 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
       const long hd = P.head(b, n);
       Q.load(P, P.plane(P.q, b, n), D, T(0)); Kp.load(P, P.plane(P.k, b, n), D, T(0));
       Vp.load(P, P.plane(P.v, b, n), D, T(0));
-      RH.load(P, P.rh + hd * K * HW, K, T(0)); RW.load(P, P.rw + hd * K * HW, K, T(0));
+      RH.rel(P, P.plane(P.q, b, n), P.eh, n, 0); RW.rel(P, P.plane(P.q, b, n), P.ew, n, 1);
       for (int i = 0; i < P.H; ++i) {
         row_logits(P, Q, Kp, RH, RW, i, lo.data());
         std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
@@ -219,19 +237,20 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
 }
 
 // Backward, per (image, head). Query pass: recompute the weights p from the log-sum-exp, ds = p * (dout.v - dsum)
-// with dsum = dout.out, giving dq, drh and drw; p and ds are also filed under their key (one slot per key and
+// with dsum = dout.out, giving dq (through q.k and q.r) and the head's share of the embedding tables' gradient
+// (demb: [B, N, 2, K, D/2], summed over images by the caller); p and ds are also filed under their key (one slot per key and
 // offset, so no two queries write the same place). Key pass: every key gathers from the k*k queries whose window
 // holds it, dk = sum ds * q and dv = sum p * dout: the same window sum as the forward's, with reversed offsets.
 // No scatter-add, no races between threads.
 template <typename T>
-static void backward(const Problem<T>& P, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv, T* drh,
-                     T* drw, int nthreads) {
-  const int K = P.K, KK = K * K, W = P.W, D = P.D, h = P.h(), Wp = P.Wp(), Wr = P.Wr();
+static void backward(const Problem<T>& P, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv, long gbs,
+                     T* demb, int nthreads) {
+  const int K = P.K, KK = K * K, W = P.W, D = P.D, D2 = D / 2, h = P.h(), Wp = P.Wp(), Wr = P.Wr();
   const long HW = P.HW(), HWp = P.HWp();
   const std::vector<long> off = offsets(P, false), qoff = offsets(P, true);
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> lo((long)KK * Wr), dsm(Wr), Pk((long)KK * Wr), Gk((long)KK * Wr);
+    std::vector<T> lo((long)KK * Wr), dsm(Wr), Pk((long)KK * Wr), Gk((long)KK * Wr), gr(2 * K * Wr);
     std::vector<T> Ps(KK * HWp + JB), Gs(KK * HWp + JB);  // p and ds by key: plane o, padded position of the key
     Padded<T> Q, Kp, Vp, RH, RW, Go;
 #pragma omp for schedule(dynamic)
@@ -240,7 +259,11 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
       const long hd = P.head(b, n);
       Q.load(P, P.plane(P.q, b, n), D, T(0)); Kp.load(P, P.plane(P.k, b, n), D, T(0));
       Vp.load(P, P.plane(P.v, b, n), D, T(0));
-      RH.load(P, P.rh + hd * K * HW, K, T(0)); RW.load(P, P.rw + hd * K * HW, K, T(0));
+      RH.rel(P, P.plane(P.q, b, n), P.eh, n, 0); RW.rel(P, P.plane(P.q, b, n), P.ew, n, 1);
+      T* dE = demb + hd * 2 * K * D2;  // this (image, head)'s slot: [2][K][D/2]
+      std::fill(dE, dE + 2 * K * D2, T(0));
+      const T* Qh = P.plane(P.q, b, n);
+      T *DQ = dq + b * gbs + (long)n * D * HW, *DK = dk + b * gbs + (long)n * D * HW, *DV = dv + b * gbs + (long)n * D * HW;
       Go.load(P, dout + hd * D * HW, D, T(0));
       const T* O = out + hd * D * HW;
       const T* GO = dout + hd * D * HW;
@@ -266,17 +289,26 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
             }
           }
         }
-        for (int a = 0; a < K; ++a) {
-          T* __restrict gh = drh + (hd * K + a) * HW + row;
-          std::fill(gh, gh + W, T(0));
-          for (int bb = 0; bb < K; ++bb) { const T* L = &lo[(long)(a * K + bb) * Wr]; for (int j = 0; j < W; ++j) gh[j] += L[j]; }
-        }
-        for (int bb = 0; bb < K; ++bb) {
-          T* __restrict gw = drw + (hd * K + bb) * HW + row;
-          std::fill(gw, gw + W, T(0));
-          for (int a = 0; a < K; ++a) { const T* L = &lo[(long)(a * K + bb) * Wr]; for (int j = 0; j < W; ++j) gw[j] += L[j]; }
-        }
-        window_sum(P, lo.data(), Kp, (long)i * Wp, off.data(), dq + hd * D * HW + row);
+        for (int o = 0; o < 2 * K; ++o) std::fill(&gr[(long)o * Wr], &gr[(long)o * Wr] + W, T(0));
+        for (int a = 0; a < K; ++a)  // d loss / d rh[a] and / d rw[b]: sums of ds over the window's rows and columns
+          for (int bb = 0; bb < K; ++bb) {
+            const T* L = &lo[(long)(a * K + bb) * Wr];
+            T* __restrict gh = &gr[(long)a * Wr]; T* __restrict gw = &gr[(long)(K + bb) * Wr];
+            for (int j = 0; j < W; ++j) { gh[j] += L[j]; gw[j] += L[j]; }
+          }
+        window_sum(P, lo.data(), Kp, (long)i * Wp, off.data(), DQ + row);
+        for (int half = 0; half < 2; ++half)  // through q.r: dq[half] += sum_a g[a] emb[a]; demb[a] += sum_j g[a] q[half]
+          for (int a = 0; a < K; ++a) {
+            const T* g = &gr[(long)(half * K + a) * Wr];
+            const T* emb = (half ? P.ew : P.eh) + ((long)a * P.N + n) * D2;
+            for (int d = 0; d < D2; ++d) {
+              T* __restrict dqd = DQ + (long)(half * D2 + d) * HW + row;
+              const T* __restrict qd = Qh + (long)(half * D2 + d) * HW + row;
+              T acc = 0;
+              for (int j = 0; j < W; ++j) { dqd[j] += g[j] * emb[d]; acc += g[j] * qd[j]; }
+              dE[(half * K + a) * D2 + d] += acc;
+            }
+          }
       }
       for (int ii = 0; ii < P.H; ++ii) {  // key pass
         const long krow = (long)(ii + h) * Wp + h;
@@ -288,26 +320,26 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
           for (int jj = 0; jj < std::min(W, bb - h); ++jj) pk[jj] = gk[jj] = 0;
           for (int jj = std::max(0, W + bb - h); jj < W; ++jj) pk[jj] = gk[jj] = 0;
         }
-        window_sum(P, Gk.data(), Q, (long)ii * Wp, qoff.data(), dk + hd * D * HW + (long)ii * W);
-        window_sum(P, Pk.data(), Go, (long)ii * Wp, qoff.data(), dv + hd * D * HW + (long)ii * W);
+        window_sum(P, Gk.data(), Q, (long)ii * Wp, qoff.data(), DK + (long)ii * W);
+        window_sum(P, Pk.data(), Go, (long)ii * Wp, qoff.data(), DV + (long)ii * W);
       }
     }
   }
 }
 
 #define SASA_API(T, SFX)                                                                                        \
-  extern "C" void sasa_forward_##SFX(const T* q, const T* k, const T* v, const T* rh, const T* rw, long bs,    \
+  extern "C" void sasa_forward_##SFX(const T* q, const T* k, const T* v, const T* eh, const T* ew, long bs,    \
                                      int B, int N, int D, int H, int W, int K, int masked, T* out, T* lse,      \
                                      T* wts, int nthreads) {                                                    \
-    Problem<T> P{q, k, v, rh, rw, bs, B, N, D, H, W, K, masked};                                                \
+    Problem<T> P{q, k, v, eh, ew, bs, B, N, D, H, W, K, masked};                                                \
     forward(P, out, lse, wts, nthreads);                                                                        \
   }                                                                                                             \
-  extern "C" void sasa_backward_##SFX(const T* q, const T* k, const T* v, const T* rh, const T* rw, long bs,   \
+  extern "C" void sasa_backward_##SFX(const T* q, const T* k, const T* v, const T* eh, const T* ew, long bs,   \
                                       int B, int N, int D, int H, int W, int K, int masked, const T* out,       \
-                                      const T* lse, const T* dout, T* dq, T* dk, T* dv, T* drh, T* drw,         \
+                                      const T* lse, const T* dout, T* dq, T* dk, T* dv, long gbs, T* demb,      \
                                       int nthreads) {                                                           \
-    Problem<T> P{q, k, v, rh, rw, bs, B, N, D, H, W, K, masked};                                                \
-    backward(P, out, lse, dout, dq, dk, dv, drh, drw, nthreads);                                                \
+    Problem<T> P{q, k, v, eh, ew, bs, B, N, D, H, W, K, masked};                                                \
+    backward(P, out, lse, dout, dq, dk, dv, gbs, demb, nthreads);                                               \
   }
 SASA_API(float, f32)
 SASA_API(double, f64)
@@ -365,39 +397,40 @@ def _c_args(*ts): return [ctypes.c_void_p(t.data_ptr() if t is not None else 0) 
 class _Native:
     "Calls into the C++ kernel: the forward (output, log-sum-exp, optional weights) and its hand-written backward."
     @staticmethod
-    def _dims(q, ks, masked):
-        B, N, D, H, W = q.shape
-        return [ctypes.c_long(q.stride(0))] + [ctypes.c_int(o) for o in (B, N, D, H, W, ks, int(masked))]
-
-    @staticmethod
-    def _prep(q, k, v, rh, rw):
+    def _args(q, k, v, emb_h, emb_w, masked):
         if _batch_stride(q, k, v) is None: q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        return q, k, v, rh.contiguous(), rw.contiguous()
+        emb_h, emb_w = emb_h.contiguous(), emb_w.contiguous()
+        B, N, D, H, W = q.shape
+        dims = [ctypes.c_long(q.stride(0))] + [ctypes.c_int(o) for o in (B, N, D, H, W, emb_h.shape[0], int(masked))]
+        return _c_args(q, k, v, emb_h, emb_w) + dims, (q, k, v, emb_h, emb_w)
 
     @staticmethod
-    def forward(q, k, v, rh, rw, ks, masked, need_weights):
-        q, k, v, rh, rw = _Native._prep(q, k, v, rh, rw)
+    def _fn(name, q): return getattr(native_library(), f"sasa_{name}_{'f64' if q.dtype == torch.float64 else 'f32'}")
+
+    @staticmethod
+    def forward(q, k, v, emb_h, emb_w, masked, need_weights):
+        args, keep = _Native._args(q, k, v, emb_h, emb_w, masked)
         B, N, D, H, W = q.shape
         out, lse = q.new_empty(B, N, D, H, W), q.new_empty(B, N, H, W)
-        wts = q.new_empty(B, N, ks * ks, H, W) if need_weights else None
-        sfx = 'f64' if q.dtype == torch.float64 else 'f32'
-        getattr(native_library(), f'sasa_forward_{sfx}')(*_c_args(q, k, v, rh, rw), *_Native._dims(q, ks, masked),
-                                                          *_c_args(out, lse, wts), ctypes.c_int(torch.get_num_threads()))
+        wts = q.new_empty(B, N, emb_h.shape[0] ** 2, H, W) if need_weights else None
+        _Native._fn('forward', q)(*args, *_c_args(out, lse, wts), ctypes.c_int(torch.get_num_threads()))
         return out, lse, wts
 
     @staticmethod
-    def backward(q, k, v, rh, rw, ks, masked, out, lse, dout):
-        q, k, v, rh, rw = _Native._prep(q, k, v, rh, rw)
-        grads = [torch.empty_like(out) for _ in range(3)] + [torch.empty_like(rh), torch.empty_like(rw)]
-        sfx = 'f64' if q.dtype == torch.float64 else 'f32'
-        getattr(native_library(), f'sasa_backward_{sfx}')(
-            *_c_args(q, k, v, rh, rw), *_Native._dims(q, ks, masked), *_c_args(out, lse, dout.contiguous(), *grads),
-            ctypes.c_int(torch.get_num_threads()))
-        return grads
+    def backward(q, k, v, emb_h, emb_w, masked, out, lse, dout, dqkv):
+        "Writes dq, dk, dv into `dqkv` (`[B, 3, N, d, H, W]`); returns the tables' gradients."
+        args, keep = _Native._args(q, k, v, emb_h, emb_w, masked)
+        B, N, D = q.shape[:3]
+        demb = q.new_empty(B, N, 2, emb_h.shape[0], D // 2)  # one slot per (image, head): no races
+        dout = dout.contiguous()  # (kept in a variable: the kernel gets raw pointers, the tensor must stay alive)
+        _Native._fn('backward', q)(*args, *_c_args(out, lse, dout, *dqkv.unbind(1)),
+                                   ctypes.c_long(dqkv.stride(0)), *_c_args(demb), ctypes.c_int(torch.get_num_threads()))
+        demb = demb.sum(0).permute(1, 2, 0, 3)  # [2, k, N, d/2]
+        return demb[0], demb[1]
 
-def native_backend(q, k, v, rh, rw, ks, masked=False, need_weights=False):
-    "Fused C++ kernel (CPU, float32/float64), forward only: `sasa_attention` gives it its gradient."
-    out, _, w = _Native.forward(q, k, v, rh, rw, ks, masked, need_weights)
+def native_backend(q, k, v, emb_h, emb_w, masked=False, need_weights=False):
+    "Fused C++ kernel (CPU, float32/float64), forward only: `sasa_attention` gives it its memory-lean gradient."
+    out, _, w = _Native.forward(q, k, v, emb_h, emb_w, masked, need_weights)
     return out, w
 
 # %% ../nbs/00_attention.ipynb #aa0371ab
@@ -419,39 +452,44 @@ def _flex_block_mask(H, W, ks, masked, device):
 
 _flex_compiled = None
 
-def flex_backend(q, k, v, rh, rw, ks, masked=False, need_weights=False):
+def flex_backend(q, k, v, emb_h, emb_w, masked=False, need_weights=False):
     "FlexAttention (CUDA): block-sparse 2-D neighbourhood over zero-padded keys, `q.r` added in `score_mod`."
     global _flex_compiled
     from torch.nn.attention.flex_attention import flex_attention
     if _flex_compiled is None:
         _flex_compiled = torch.compile(flex_attention, dynamic=False) if q.is_cuda else flex_attention
+    ks, (rh, rw) = emb_h.shape[0], rel_logits(q, emb_h, emb_w)
     B, N, D, H, W = q.shape
     p = ks // 2
     Wp = W + 2 * p
-    seq = lambda t: t.flatten(3).transpose(2, 3)  # [B, N, c, H, W] -> [B, N, H*W, c]
+    # [B, N, c, H, W] -> [B, N, H*W, c], with c zero-padded to at least 16 (the compiled kernel's minimum head size;
+    # zero dims change neither q.k nor, once cut off again, the output)
+    seq = lambda t, c=D: F.pad(t.flatten(3).transpose(2, 3), (0, max(0, 16 - c)))
     qf, kf, vf = seq(q), seq(F.pad(k, (p, p, p, p))), seq(F.pad(v, (p, p, p, p)))
-    rhf, rwf = seq(rh), seq(rw)
+    rhf, rwf = rh.flatten(3).transpose(2, 3), rw.flatten(3).transpose(2, 3)
     def score_mod(score, b, h, qi, ki):
         a = (ki // Wp - qi // W).clamp(0, ks - 1)
         c = (ki % Wp - qi % W).clamp(0, ks - 1)
         return score + rhf[b, h, qi, a] + rwf[b, h, qi, c]
     out = _flex_compiled(qf, kf, vf, score_mod=score_mod, block_mask=_flex_block_mask(H, W, ks, masked, q.device),
                          scale=1.0)
-    return out.transpose(2, 3).reshape(B, N, D, H, W), None
+    return out[..., :D].transpose(2, 3).reshape(B, N, D, H, W), None
 
 # %% ../nbs/00_attention.ipynb #dd3a76f7
+def _qkv(x, w_qkv):
+    "The dense 1x1 q/k/v projection as one batched matrix product, `[B, 3 nf, H*W]`."
+    return torch.bmm(w_qkv.expand(x.shape[0], -1, -1), x.flatten(2))  # (on the CPU faster than `@`, which copies x)
+
 def project(x, w_qkv, num_heads):
-    "The dense 1x1 q/k/v projection as one batched matrix product: `[B, ni, H, W]` -> three `[B, N, d, H, W]` views."
+    "Queries, keys and values of `x` (`[B, ni, H, W]`): three `[B, N, d, H, W]` views of one projection."
     B, _, H, W = x.shape
-    qkv = torch.bmm(w_qkv.expand(B, -1, -1), x.flatten(2))  # (faster on the CPU than `@`, which copies x to fold B)
-    return qkv.view(B, 3, num_heads, -1, H, W).unbind(1)
+    return _qkv(x, w_qkv).view(B, 3, num_heads, -1, H, W).unbind(1)
 
 class _NativeSASA(torch.autograd.Function):
-    "Projection, relative logits and the native kernel; backward recomputes the first two instead of storing them."
+    "Projection and the native kernel; backward recomputes the projection instead of keeping q, k, v."
     @staticmethod
     def forward(ctx, x, w_qkv, emb_h, emb_w, masked, need_weights):
-        q, k, v = project(x, w_qkv, emb_h.shape[1])
-        out, lse, wts = _Native.forward(q, k, v, *rel_logits(q, emb_h, emb_w), emb_h.shape[0], masked, need_weights)
+        out, lse, wts = _Native.forward(*project(x, w_qkv, emb_h.shape[1]), emb_h, emb_w, masked, need_weights)
         ctx.save_for_backward(x, w_qkv, emb_h, emb_w, out, lse)
         ctx.masked = masked
         if wts is not None: ctx.mark_non_differentiable(wts)
@@ -460,13 +498,16 @@ class _NativeSASA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _):
         x, w_qkv, emb_h, emb_w, out, lse = ctx.saved_tensors
-        leaves = [t.detach().requires_grad_() for t in (x, w_qkv, emb_h, emb_w)]
-        with torch.enable_grad():
-            q, k, v = project(leaves[0], leaves[1], emb_h.shape[1])
-            rh, rw = rel_logits(q, *leaves[2:])
-        inner = [t.detach() for t in (q, k, v, rh, rw)]
-        grads = _Native.backward(*inner, emb_h.shape[0], ctx.masked, out, lse, dout)
-        return (*torch.autograd.grad((q, k, v, rh, rw), leaves, grads), None, None)
+        B, _, H, W = x.shape
+        qkv = _qkv(x, w_qkv)
+        dqkv = torch.empty_like(qkv)
+        shape = (B, 3, emb_h.shape[1], -1, H, W)
+        demb_h, demb_w = _Native.backward(*qkv.view(shape).unbind(1), emb_h, emb_w, ctx.masked, out, lse, dout,
+                                          dqkv.view(shape))
+        del qkv
+        dw = torch.bmm(dqkv, x.flatten(2).transpose(1, 2)).sum(0)
+        dx = torch.bmm(w_qkv.t().expand(B, -1, -1), dqkv).view_as(x)
+        return dx, dw, demb_h, demb_w, None, None
 
 # %% ../nbs/00_attention.ipynb #f2cbda14
 def _has_flex():
@@ -501,9 +542,7 @@ def sasa_attention(x, # input `[B, ni, H, W]`
         x, w_qkv, emb_h, emb_w = (t.float() for t in (x, w_qkv, emb_h, emb_w))
     with torch.autocast('cpu', enabled=False) if x.device.type == 'cpu' else contextlib.nullcontext():
         if name == 'native': out, w = _NativeSASA.apply(x, w_qkv, emb_h, emb_w, masked, need_weights)
-        else:
-            q, k, v = project(x, w_qkv, N)
-            out, w = BACKENDS[name](q, k, v, *rel_logits(q, emb_h, emb_w), ks, masked, need_weights)
+        else: out, w = BACKENDS[name](*project(x, w_qkv, N), emb_h, emb_w, masked, need_weights)
     if w is not None: w = w.unflatten(2, (ks, ks)).permute(0, 1, 4, 5, 2, 3)
     return out.reshape(B, -1, H, W).to(dtype), w
 
