@@ -42,11 +42,17 @@ nbtest: $(STAMP)
 
 test: sync-check readme-check nbtest
 
+# demo: SASA-ResNet-26 on the embedded digits, on the CPU (2 threads unless OMP_NUM_THREADS is set); log in out/demo/train.log
 demo: $(STAMP)
-	@$(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --epochs 5 --out out/demo
+	@mkdir -p out/demo; start=$$(date +%s); \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES= PYTHONWARNINGS=ignore::FutureWarning \
+	  $(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --bs 32 --epochs 10 --out out/demo 2>&1 | tee out/demo/train.log; \
+	echo "demo training wall time: $$(( $$(date +%s) - start ))s" | tee -a out/demo/train.log
+	@# ---- attention-map step (visualize helper) below ----
+	@img=$$($(PY) -c "from sasa_fastai.data import digits_folder; print(sorted((digits_folder() / 'val').rglob('*.png'))[0])") && $(VENV)/bin/sasa_attention "$$img" --model out/demo/export.pkl --out out/demo/attention_maps.png  # attention maps (nbs/04_visualize.ipynb)
 
 bench: $(STAMP)
-	@$(VENV)/bin/sasa_bench --out bench_out
+	@$(VENV)/bin/sasa_bench --out bench_out $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
