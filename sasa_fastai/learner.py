@@ -4,14 +4,17 @@
 
 # %% ../nbs/03_learner.ipynb #4cb28f3c
 from __future__ import annotations
-import sys
+import math, numbers, os, random, sys, tempfile, time
+from contextlib import nullcontext, suppress
 from pathlib import Path
+import numpy as np
 import torch
 from fastcore.basics import noop
-from fastcore.script import call_parse
+from fastcore.foundation import L
+from fastcore.script import call_parse, is_cli, store_true
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner, load_learner
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import fit_one_cycle  # patches Learner.fit_one_cycle
 from fastai.callback.fp16 import to_fp16, to_bf16  # patches Learner.to_fp16/to_bf16
@@ -19,11 +22,13 @@ from fastai.losses import LabelSmoothingCrossEntropy
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.torch_core import set_seed
 from .attention import _check_int
-from .models import ARCHS
+from .models import ARCHS, STEMS, ResNet, stage_spec
 from .data import get_dls, DATASETS
 
 # %% auto #0
-__all__ = ['DEFAULT_LR', 'get_learner', 'PlainTableLogger', 'parse_attention', 'sasa_train']
+__all__ = ['DEFAULT_LR', 'WEIGHTS_FORMAT', 'STOP_ENV', 'get_learner', 'atomic_write', 'save_weights', 'load_weights',
+           'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint', 'PlainTableLogger', 'parse_attention',
+           'distrib_training', 'sasa_train']
 
 # %% ../nbs/03_learner.ipynb #41949851
 DEFAULT_LR = 4e-3
@@ -35,6 +40,32 @@ def _arch_fn(arch):
         return ARCHS[arch]
     if callable(arch): return arch
     raise ValueError(f'arch={arch!r} is not valid: arch must be one of {list(ARCHS)} or a model constructor')
+
+def _check_lr(lr):
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f'lr={lr!r} is not valid: lr must be a positive finite number (e.g. {DEFAULT_LR})')
+
+def _check_model_args(make, sasa, size):
+    "Validate the SASA keywords and `size` by building the model on the meta device (no memory, no data needed)."
+    if 'kernel_size' in sasa: _check_int('kernel_size', sasa['kernel_size'], lambda o: o > 0 and o % 2 == 1,
+                                         'a positive odd integer (e.g. 3, 5 or 7)')
+    if 'num_heads' in sasa: _check_int('num_heads', sasa['num_heads'], lambda o: o > 0, 'a positive integer')
+    if 'stem' in sasa and sasa['stem'] not in STEMS:
+        raise ValueError(f"stem={sasa['stem']!r} is not valid: stem must be one of {STEMS}")
+    if 'attention' in sasa: stage_spec(sasa['attention'])
+    with torch.device('meta'): model = make(n_out=2, n_in=3, **sasa)
+    min_size = getattr(model, 'min_size', 32)
+    if size is not None and size < min_size:
+        raise ValueError(f'size={size!r} is not valid: size must be >= {min_size} for '
+                         f'{getattr(make, "__name__", make)} (its total downsampling)')
+
+def _check_batches(dl, bs, world=1):
+    "A training set smaller than one batch would train on nothing (fastai drops the last partial batch): refuse it."
+    n = len(dl.dataset) // world
+    if n < bs and getattr(dl, 'drop_last', True):
+        share = f' per process ({len(dl.dataset)} images, {world} processes)' if world > 1 else ''
+        raise ValueError(f'bs={bs!r} is not valid: the training set has only {n} images{share}, not one full batch; '
+                         f'bs must be <= {n}')
 
 def get_learner(data='digits', # dataset name (see `DATASETS`), folder with train/ and val/, or `DataLoaders`
                 arch='sasa_resnet26', # a key of `ARCHS` or a model constructor
@@ -54,22 +85,186 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), folder with trai
     make = _arch_fn(arch)
     _check_int('bs', bs, lambda o: o > 0, 'a positive integer')
     if size is not None: _check_int('size', size, lambda o: o >= 32, 'an integer >= 32 (the models downsample 32x)')
-    dls = data if isinstance(data, DataLoaders) else get_dls(data, size=size, bs=bs, path=path)
+    _check_lr(lr)
     sasa = dict(attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
     sasa = {k: v for k, v in sasa.items() if v is not None}
     if inference: sasa['inference'] = True
+    _check_model_args(make, sasa, size)  # every argument is checked before any data is touched
+    dls = data if isinstance(data, DataLoaders) else get_dls(data, size=size, bs=bs, path=path)
+    _check_batches(dls.train, dls.bs)
     n_out = len(dls.vocab)
     model = make(n_out=n_out, n_in=3, **sasa)
-    min_size = getattr(model, 'min_size', 32)
-    if size is not None and size < min_size:
-        raise ValueError(f'size={size!r} is not valid: size must be >= {min_size} for {getattr(make, "__name__", make)}')
     metrics = [accuracy] + ([top_k_accuracy] if n_out >= 5 else [])  # top-5 needs at least 5 classes
     learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropy(), metrics=metrics, lr=lr, **kwargs)
     if mixed_precision and torch.device(dls.device or 'cpu').type == 'cuda':
         learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
+    learn.arch_name = getattr(make, '__name__', type(model).__name__)
     return learn
 
 # %% ../nbs/03_learner.ipynb #79a40ec7
+def atomic_write(path, # the file to (re)write
+                 write # `write(tmp_path)` writes the complete file at `tmp_path`
+                ) -> Path:
+    "Write `path` through a temporary file in its folder and `os.replace`: readers see the old file or the new one."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError): os.unlink(tmp)
+        raise
+    return path
+
+def _unwrap(model):
+    "The model inside DDP/DataParallel wrappers."
+    while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module): model = model.module
+    return model
+
+def _plain(o):
+    "`o` with numpy values and fastcore `L`s turned into the plain types `torch.load(weights_only=True)` accepts."
+    if isinstance(o, torch.Tensor): return o.detach().cpu()
+    if isinstance(o, np.ndarray): return torch.from_numpy(o.copy())
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return type(o)(_plain(v) for v in o) if isinstance(o, tuple) else [_plain(v) for v in o]
+    return o
+
+WEIGHTS_FORMAT = 'sasa_fastai.weights/1'
+
+def save_weights(learn, # a `Learner` whose model is a sasa_fastai `ResNet`
+                 path # file to write, e.g. 'weights.pth'
+                ) -> Path:
+    "Save the model as plain data (arch name, constructor keywords, class names, tensors): safe to load anywhere."
+    m = _unwrap(learn.model)
+    if not isinstance(m, ResNet):
+        raise ValueError(f'save_weights: the model is a {type(m).__name__}, not a sasa_fastai ResNet; '
+                         'save learn.model.state_dict() with torch.save instead')
+    kwargs = dict(layers=list(m.layers), attention=list(m.attention), stem=m.stem_type, kernel_size=m.kernel_size,
+                  num_heads=m.num_heads, n_out=m.n_out, n_in=m.n_in)
+    data = {'format': WEIGHTS_FORMAT, 'arch': getattr(learn, 'arch_name', 'ResNet'), 'model_kwargs': kwargs,
+            'vocab': [str(v) for v in learn.dls.vocab], 'state_dict': _plain(dict(m.state_dict()))}
+    return atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+def load_weights(path, # a file written by `save_weights`
+                 inference=False # SASA layers keep their attention weights (for plots)
+                ):
+    "Rebuild the model saved by `save_weights` without unpickling code: `(model in eval mode, vocab)`."
+    data = torch.load(path, map_location='cpu', weights_only=True)
+    if not (isinstance(data, dict) and data.get('format') == WEIGHTS_FORMAT):
+        raise ValueError(f'{path} is not a sasa_fastai weights file (written by save_weights)')
+    model = ResNet(**data['model_kwargs'], inference=inference)
+    model.load_state_dict(data['state_dict'])
+    return model.eval(), data['vocab']
+
+# %% ../nbs/03_learner.ipynb #b800cb0d
+def _rng_states(learn):
+    loaders = [getattr(dl, 'rng', None) for dl in learn.dls.loaders] + \
+              [getattr(getattr(dl, 'dl', None), 'rng', None) for dl in learn.dls.loaders]
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {'python': random.getstate(), 'numpy': [kind, keys.tolist(), pos, has_gauss, gauss],
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'loaders': [r.getstate() if r is not None else None for r in loaders]}
+
+def _set_rng_states(learn, st):
+    random.setstate(st['python'])
+    kind, keys, pos, has_gauss, gauss = st['numpy']
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(st['torch'])
+    if st['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
+    loaders = [getattr(dl, 'rng', None) for dl in learn.dls.loaders] + \
+              [getattr(getattr(dl, 'dl', None), 'rng', None) for dl in learn.dls.loaders]
+    for r, s in zip(loaders, st['loaders']):
+        if r is not None and s is not None: r.setstate(s)
+
+def _tuplify(o):
+    "Undo the list-for-tuple of a saved `random.getstate()`."
+    return tuple(_tuplify(v) for v in o) if isinstance(o, (list, tuple)) else o
+
+STOP_ENV = 'SASA_TRAIN_STOP_AFTER_EPOCH'  # tests: `os._exit` right after the checkpoint of this many epochs
+
+class TrainingCheckpoint(Callback):
+    "Save model, optimizer, RNG states and history to `fname` after every epoch (atomically); resume from `state`."
+    order = 65  # after Recorder (50): its row for the epoch is complete
+    def __init__(self, fname='checkpoint.pth', # file in `learn.path`, or an absolute path
+                 state=None, # a checkpoint loaded with `load_checkpoint` to resume from
+                 save=True, # write checkpoints (False on the non-zero ranks of a distributed run)
+                 config=None): # plain-data description of the run, stored to check a resume against
+        self.fname, self.state, self.save, self.config = Path(fname), state, save, config
+        self.stop_after = int(os.environ[STOP_ENV]) if os.environ.get(STOP_ENV) else None
+
+    def before_fit(self):
+        self.rows, self.losses, self.lrs, self.iters = [], [], [], []
+        st = self.state
+        if st is None: return
+        h, rec = st['history'], self.recorder
+        self.rows, self.iters = list(h['rows']), list(h['iters'])
+        rec.losses, rec.lrs = list(h['losses']), list(h['lrs'])
+        rec.smooth_loss.count, rec.smooth_loss.val = h['smooth_count'], h['smooth_val']
+        self.learn.train_iter = h['train_iter']
+
+    def _skipped(self): return self.state is not None and self.epoch < self.state['epoch']
+
+    def before_epoch(self):
+        if self.state is not None and self.epoch == self.state['epoch']: _set_rng_states(self.learn, self.state['rng'])
+
+    def after_cancel_epoch(self):
+        if self._skipped():  # replay the saved row (and its duration) instead of an empty one
+            *row, secs = self.rows[self.epoch]
+            self.recorder.log = L(row)
+            self.recorder.start_epoch = time.time() - secs
+
+    def after_epoch(self):
+        if self._skipped():
+            self.recorder.iters[-1] = self.iters[self.epoch]
+            return
+        log = list(self.recorder.log)
+        row = log[:-1] if self.recorder.add_time else log
+        self.rows.append(_plain(row) + [time.time() - self.recorder.start_epoch])
+        self.iters.append(self.recorder.smooth_loss.count)
+        if self.save: self.write()
+        if self.stop_after is not None and self.epoch + 1 == self.stop_after:
+            print(f'{STOP_ENV}={self.stop_after}: stopping after the checkpoint of epoch {self.epoch}', flush=True)
+            os._exit(75)
+
+    def write(self):
+        rec = self.recorder
+        state = {'epoch': self.epoch + 1, 'n_epoch': self.n_epoch, 'config': self.config,
+                 'model': _plain(dict(_unwrap(self.model).state_dict())),
+                 'opt': _plain(self.opt.state_dict()), 'rng': _plain(_rng_states(self.learn)),
+                 'history': _plain({'rows': self.rows, 'iters': self.iters, 'losses': [float(o) for o in rec.losses],
+                                    'lrs': [float(o) for o in rec.lrs], 'smooth_count': rec.smooth_loss.count,
+                                    'smooth_val': rec.smooth_loss.val, 'train_iter': self.learn.train_iter})}
+        atomic_write(self.path / self.fname, lambda tmp: torch.save(state, tmp))
+
+def load_checkpoint(path # a file written by `TrainingCheckpoint`
+                   ) -> dict:
+    "Read a checkpoint (plain data only, `weights_only=True`)."
+    st = torch.load(path, map_location='cpu', weights_only=True)
+    st['rng']['python'] = _tuplify(st['rng']['python'])
+    st['rng']['loaders'] = [None if s is None else _tuplify(s) for s in st['rng']['loaders']]
+    return st
+
+def restore_checkpoint(learn, # the learner, built as for the run that wrote `state`
+                       state # from `load_checkpoint`
+                      ):
+    "Put the model and optimizer state of `state` into `learn` (the rest is restored by `TrainingCheckpoint`)."
+    device = learn.dls.device or 'cpu'
+    model = _unwrap(learn.model).to(device)
+    model.load_state_dict(state['model'])
+    if learn.opt is None: learn.create_opt()
+    learn.opt.load_state_dict(state['opt'])
+    learn.opt.hypers = L(learn.opt.hypers)
+    for p, st in learn.opt.state.items():  # optimizer state next to its parameter
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor): st[k] = v.to(p.device)
+    return learn
+
+# %% ../nbs/03_learner.ipynb #90f16651
 class PlainTableLogger(Callback):
     "Print the per-epoch metrics table as plain text lines (for logs that are not a terminal)."
     order = 55  # after `Recorder` (metric names), before `CSVLogger` (which passes each row on to this logger)
@@ -87,7 +282,7 @@ class PlainTableLogger(Callback):
     def after_fit(self):
         if hasattr(self, 'old_logger'): self.learn.logger = self.old_logger
 
-# %% ../nbs/03_learner.ipynb #b800cb0d
+# %% ../nbs/03_learner.ipynb #6c774da6
 def parse_attention(s):
     "Command-line `--attention` value to `ResNet`'s `attention`: '2,3,4' -> [2, 3, 4], 'all' -> True, 'none' -> False."
     if s is None: return None
@@ -98,7 +293,7 @@ def parse_attention(s):
     if all(p.isdigit() for p in parts): return [int(p) for p in parts]
     raise ValueError(f'attention={s!r} is not valid: use stage numbers such as "2,3,4", "all" or "none"')
 
-# %% ../nbs/03_learner.ipynb #90f16651
+# %% ../nbs/03_learner.ipynb #89979bcc
 def _save_loss_plot(learn, fname, title):
     import matplotlib
     if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # headless unless pyplot is already in use
@@ -109,39 +304,96 @@ def _save_loss_plot(learn, fname, title):
     fig.savefig(fname, dpi=100, bbox_inches='tight')
     plt.close(fig)
 
+def _dist_env():
+    "(rank, world size, local rank) from the variables `torchrun`/`accelerate launch` set; (0, 1, 0) otherwise."
+    return tuple(int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
+
+def _broadcast_any_backend(self, t, rank):
+    "Broadcast the list `t` from `rank`: on the GPU for NCCL, on the CPU for gloo (fastai's version is CUDA-only)."
+    dev = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
+    t = torch.tensor(t, dtype=torch.long, device=dev)
+    torch.distributed.broadcast(t, rank)
+    return t.cpu().tolist()
+
+def distrib_training(learn # a `Learner`, its data on the GPU (one per process) or on the CPU
+                    ):
+    "fastai's `distrib_ctx` for this process: DDP over NCCL with SyncBatchNorm on GPUs, over gloo on CPUs."
+    try: import fastai.distributed  # patches Learner.distrib_ctx
+    except NameError as e:  # fastai.distributed fails this way when the `accelerate` package is missing
+        raise ImportError('multi-process training needs the `accelerate` package: pip install accelerate') from e
+    fastai.distributed.DistributedDL._broadcast = _broadcast_any_backend
+    cuda = torch.device(learn.dls.device or 'cpu').type == 'cuda'
+    return learn.distrib_ctx(sync_bn=cuda, cpu=not cuda)
+
+def _check_train_args(epochs, seed, out, resume):
+    _check_int('epochs', epochs, lambda o: o > 0, 'a positive integer')
+    _check_int('seed', seed, lambda o: 0 <= o < 2 ** 32, 'an integer from 0 to 2**32 - 1')
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f'out={str(out)!r} is not valid: out must be a folder, and {out} is a file')
+    if resume and not (Path(out) / 'checkpoint.pth').is_file():
+        raise ValueError(f'resume: there is no checkpoint to resume from in out={str(out)!r} '
+                         f'({Path(out) / "checkpoint.pth"} does not exist)')
+
+def _train(data, arch, size, bs, epochs, lr, seed, out, attention, stem, kernel_size, num_heads, resume):
+    out = Path(out)
+    _check_train_args(epochs, seed, out, resume)
+    config = dict(data=str(data), arch=arch, size=size, bs=bs, epochs=epochs, lr=float(lr), seed=seed,
+                  attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
+    state = load_checkpoint(out / 'checkpoint.pth') if resume else None
+    if state is not None:
+        changed = [f'{k}={v!r} (the checkpoint has {state["config"].get(k)!r})' for k, v in config.items()
+                   if state['config'] is not None and state['config'].get(k) != v]
+        if changed: raise ValueError('resume: these arguments differ from the run being resumed: ' + ', '.join(changed))
+    rank, world, local_rank = _dist_env()
+    main = rank == 0
+    if world > 1 and torch.cuda.is_available(): torch.cuda.set_device(local_rank)
+    set_seed(seed, reproducible=True)
+    learn = get_learner(data, arch, size=size, bs=bs, attention=parse_attention(attention), stem=stem,
+                        kernel_size=kernel_size, num_heads=num_heads, lr=lr)
+    if main: out.mkdir(parents=True, exist_ok=True)
+    learn.path = out
+    dls = learn.dls
+    if world > 1: _check_batches(dls.train, bs, world)
+    x, _ = dls.valid.one_batch()
+    if main:
+        print(f'training {arch} on {data}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images, '
+              f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {bs}{f" x {world} processes" if world > 1 else ""}, '
+              f'{epochs} epochs, lr {lr:g}, seed {seed}, device {dls.device or "cpu"}, {torch.get_num_threads()} threads'
+              + (f', resuming after epoch {state["epoch"] - 1}' if state else ''), flush=True)
+    if state is not None: restore_checkpoint(learn, state)
+    cbs = [TrainingCheckpoint('checkpoint.pth', state=state, save=main, config=config)]
+    if main: cbs.insert(0, CSVLogger('history.csv'))
+    bar = sys.stdout.isatty() and main
+    if main and not bar: cbs.append(PlainTableLogger())
+    with (nullcontext() if bar else learn.no_bar()), (distrib_training(learn) if world > 1 else nullcontext()):
+        learn.fit_one_cycle(epochs, cbs=cbs, start_epoch=state['epoch'] if state else 0)
+    learn.logger = print  # drop the loggers the fit callbacks chained (a closed CSV file cannot be exported)
+    if not main: return
+    atomic_write(out / 'export.pkl', lambda tmp: learn.export(tmp))
+    save_weights(learn, out / 'weights.pth')
+    _save_loss_plot(learn, out / 'loss.png', f'{arch} on {data}: loss')
+    acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]
+    print(f'wrote {out / "export.pkl"}, {out / "weights.pth"}, {out / "history.csv"}, {out / "loss.png"}')
+    print(f'final validation accuracy: {acc:.4f}', flush=True)
+
 @call_parse
 def sasa_train(data:str='digits', # dataset name (digits, imagenette, imagenette-320, imagenette-full, imagewoof, ...) or a folder with train/ and val/
                arch:str='sasa_resnet26', # model: sasa_resnet26/38/50/101 or the conv baselines resnet26/38/50/101
                size:int=None, # image size in pixels (default: the dataset's, 32 for digits, 128 for Imagenette-160)
-               bs:int=64, # batch size
+               bs:int=64, # batch size (per process in a multi-process run)
                epochs:int=5, # epochs of one-cycle training
                lr:float=DEFAULT_LR, # maximum learning rate of the one cycle
                seed:int=42, # random seed (fastai's set_seed, reproducible=True)
-               out:str='out', # output folder: export.pkl, history.csv, loss.png
+               out:str='out', # output folder: export.pkl, weights.pth, history.csv, loss.png, checkpoint.pth
                attention:str=None, # SASA stages: stage numbers like "2,3,4", "all" or "none" (default: the arch's)
                stem:str=None, # "conv" or "attention" (the paper's attention stem)
                kernel_size:int=None, # SASA window size (default 7)
                num_heads:int=None, # SASA heads (default 8)
+               resume:store_true=False, # continue the run in --out from its last checkpoint (same arguments)
               ):
-    "Train a SASA (or conv) ResNet with one-cycle and save the learner, its history and its loss curve."
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_seed(seed, reproducible=True)
-    learn = get_learner(data, arch, size=size, bs=bs, attention=parse_attention(attention), stem=stem,
-                        kernel_size=kernel_size, num_heads=num_heads, lr=lr)
-    learn.path = out
-    dls = learn.dls
-    x, _ = dls.valid.one_batch()
-    print(f'training {arch} on {data}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images, '
-          f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {bs}, {epochs} epochs, lr {lr:g}, seed {seed}, '
-          f'device {dls.device or "cpu"}, {torch.get_num_threads()} threads', flush=True)
-    cbs = [CSVLogger('history.csv')]
-    if sys.stdout.isatty(): learn.fit_one_cycle(epochs, cbs=cbs)
-    else:
-        with learn.no_bar(): learn.fit_one_cycle(epochs, cbs=cbs + [PlainTableLogger()])
-    learn.logger = print  # drop the loggers the fit callbacks chained (a closed CSV file cannot be exported)
-    learn.export('export.pkl')
-    _save_loss_plot(learn, out / 'loss.png', f'{arch} on {data}: loss')
-    acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]
-    print(f'wrote {out / "export.pkl"}, {out / "history.csv"}, {out / "loss.png"}')
-    print(f'final validation accuracy: {acc:.4f}', flush=True)
+    "Train a SASA (or conv) ResNet with one-cycle and save the learner, its weights, history and loss curve."
+    try: return _train(data, arch, size, bs, epochs, lr, seed, out, attention, stem, kernel_size, num_heads, resume)
+    except (ValueError, FileNotFoundError) as e:
+        if not is_cli(sasa_train): raise  # a Python call gets the exception; the command line a usage error
+        print(f'sasa_train: error: {e}', file=sys.stderr, flush=True)
+        sys.exit(2)

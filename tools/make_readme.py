@@ -15,6 +15,10 @@ def render(nb_path=root / 'nbs' / 'index.ipynb'):
     for c in nb.cells:
         src = c.source.lstrip()
         if c.cell_type == 'code' and re.match(r'#\|\s*(hide|exec_doc|export)', src): continue
+        if c.cell_type == 'code' and re.search(r'^#\|\s*echo:\s*false', src, re.M):  # output only, as markdown
+            md = [o['data'].get('text/markdown', '') for o in c.get('outputs', []) if 'data' in o]
+            cells.append(nbformat.v4.new_markdown_cell('\n\n'.join(md)))
+            continue
         if c.cell_type == 'code':
             c.source = '\n'.join(l for l in c.source.splitlines() if not l.lstrip().startswith('#|')).strip()
         cells.append(c)
