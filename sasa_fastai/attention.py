@@ -137,6 +137,16 @@ template <typename T> struct Padded {
   const T* at(int c, long idx) const { return buf.data() + c * HWp + idx; }
 };
 
+// The planes one task (image b, head n) works on: queries, keys, values and the relative logits, zero-padded.
+template <typename T> struct HeadPlanes {
+  Padded<T> Q, Kp, Vp, RH, RW;
+  void load(const Problem<T>& P, int b, int n) {
+    const T* q = P.plane(P.q, b, n);
+    Q.load(P, q, P.D, T(0)); Kp.load(P, P.plane(P.k, b, n), P.D, T(0)); Vp.load(P, P.plane(P.v, b, n), P.D, T(0));
+    RH.rel(P, q, P.eh, n, 0); RW.rel(P, q, P.ew, n, 1);
+  }
+};
+
 template <typename T> static inline void store(T* dst, const T* acc, int nj) { for (int jj = 0; jj < nj; ++jj) dst[jj] = acc[jj]; }
 
 // Logits of query row i of one head for every window offset o = a*K + b, into lo[o*Wr + j]. Shared by the forward
@@ -206,16 +216,14 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<T> lo((long)KK * Wr), m(Wr), s(Wr);
-    Padded<T> Q, Kp, Vp, RH, RW;
+    HeadPlanes<T> hp;
 #pragma omp for schedule(dynamic)
     for (long t = 0; t < (long)P.B * P.N; ++t) {
       const int b = t / P.N, n = t % P.N;
       const long hd = P.head(b, n);
-      Q.load(P, P.plane(P.q, b, n), D, T(0)); Kp.load(P, P.plane(P.k, b, n), D, T(0));
-      Vp.load(P, P.plane(P.v, b, n), D, T(0));
-      RH.rel(P, P.plane(P.q, b, n), P.eh, n, 0); RW.rel(P, P.plane(P.q, b, n), P.ew, n, 1);
+      hp.load(P, b, n);
       for (int i = 0; i < P.H; ++i) {
-        row_logits(P, Q, Kp, RH, RW, i, lo.data());
+        row_logits(P, hp.Q, hp.Kp, hp.RH, hp.RW, i, lo.data());
         std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
         std::fill(s.begin(), s.end(), T(0));
         for (int o = 0; o < KK; ++o) { const T* L = &lo[(long)o * Wr]; for (int j = 0; j < W; ++j) m[j] = std::max(m[j], L[j]); }
@@ -230,7 +238,7 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
           for (int j = 0; j < W; ++j) L[j] *= s[j];  // now the attention weights
           if (wts) std::memcpy(wts + (hd * KK + o) * HW + (long)i * W, L, sizeof(T) * W);
         }
-        window_sum(P, lo.data(), Vp, (long)i * P.Wp(), off.data(), out + hd * D * HW + (long)i * W);
+        window_sum(P, lo.data(), hp.Vp, (long)i * P.Wp(), off.data(), out + hd * D * HW + (long)i * W);
       }
     }
   }
@@ -252,14 +260,14 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
   {
     std::vector<T> lo((long)KK * Wr), dsm(Wr), Pk((long)KK * Wr), Gk((long)KK * Wr), gr(2 * K * Wr);
     std::vector<T> Ps(KK * HWp + JB), Gs(KK * HWp + JB);  // p and ds by key: plane o, padded position of the key
-    Padded<T> Q, Kp, Vp, RH, RW, Go;
+    HeadPlanes<T> hp;
+    Padded<T> Go;
+    const Padded<T> &Q = hp.Q, &Kp = hp.Kp, &Vp = hp.Vp, &RH = hp.RH, &RW = hp.RW;
 #pragma omp for schedule(dynamic)
     for (long t = 0; t < (long)P.B * P.N; ++t) {
       const int b = t / P.N, n = t % P.N;
       const long hd = P.head(b, n);
-      Q.load(P, P.plane(P.q, b, n), D, T(0)); Kp.load(P, P.plane(P.k, b, n), D, T(0));
-      Vp.load(P, P.plane(P.v, b, n), D, T(0));
-      RH.rel(P, P.plane(P.q, b, n), P.eh, n, 0); RW.rel(P, P.plane(P.q, b, n), P.ew, n, 1);
+      hp.load(P, b, n);
       T* dE = demb + hd * 2 * K * D2;  // this (image, head)'s slot: [2][K][D/2]
       std::fill(dE, dE + 2 * K * D2, T(0));
       const T* Qh = P.plane(P.q, b, n);
