@@ -10,7 +10,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
 
 # %% auto #0
-__all__ = ['BACKENDS', 'rel_logits', 'reference_backend', 'shift_backend', 'native_library', 'native_backend', 'flex_backend',
+__all__ = ['BACKENDS', 'BACKEND_NAMES', 'rel_logits', 'reference_backend', 'shift_backend', 'native_library', 'flex_backend',
            'project', 'pick_backend', 'sasa_attention', 'attention_inputs', 'check_sasa_args', 'SASA2d', 'SASAStem']
 
 # %% ../nbs/00_attention.ipynb #fac48c6b
@@ -436,11 +436,6 @@ class _Native:
         demb = demb.sum(0).permute(1, 2, 0, 3)  # [2, k, N, d/2]
         return demb[0], demb[1]
 
-def native_backend(q, k, v, emb_h, emb_w, masked=False, need_weights=False):
-    "Fused C++ kernel (CPU, float32/float64), forward only: `sasa_attention` gives it its memory-lean gradient."
-    out, _, w = _Native.forward(q, k, v, emb_h, emb_w, masked, need_weights)
-    return out, w
-
 # %% ../nbs/00_attention.ipynb #aa0371ab
 _block_masks = {}
 
@@ -522,12 +517,13 @@ def _has_flex():
     try: from torch.nn.attention.flex_attention import flex_attention; return True
     except ImportError: return False
 
-BACKENDS = dict(reference=reference_backend, shift=shift_backend, native=native_backend, flex=flex_backend)
+BACKENDS = dict(reference=reference_backend, shift=shift_backend, flex=flex_backend)  # the q, k, v-level backends
+BACKEND_NAMES = ('auto', 'native', *BACKENDS)  # 'native' works from the layer input, through `_NativeSASA`
 
 def pick_backend(backend, x, need_weights=False):
     "Resolve 'auto' (and what cannot run here) to the backend that will compute the attention on `x`'s device."
-    if backend not in (*BACKENDS, 'auto'):
-        raise ValueError(f"backend={backend!r} is not known; use one of {['auto', *BACKENDS]}")
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend={backend!r} is not known; use one of {list(BACKEND_NAMES)}")
     if backend == 'auto':
         if x.is_cuda and _has_flex(): backend = 'flex'
         elif x.device.type == 'cpu' and native_library() is not None: backend = 'native'

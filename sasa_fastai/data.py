@@ -20,8 +20,8 @@ from .attention import _check_int
 
 # %% auto #0
 __all__ = ['IMAGENETTE_NAMES', 'IMAGEWOOF_NAMES', 'WNID_NAMES', 'N_DIGITS_VALID', 'DIGITS_FOLDER', 'DATASETS', 'label_name',
-           'data_root', 'digits_folder', 'fastai_config', 'dataset_folder', 'image_problem', 'readable_images',
-           'get_dls']
+           'data_root', 'digits_folder', 'fastai_config', 'dataset_folder', 'image_problem', 'dist_env',
+           'readable_images', 'get_dls']
 
 # %% ../nbs/02_data.ipynb #df88ed7f
 IMAGENETTE_NAMES = {
@@ -132,7 +132,11 @@ def image_problem(fn # an image file
         return None
     except Exception as e: return f'{type(e).__name__}: {e}'
 
-def _is_main_rank(): return int(os.environ.get('RANK', '0')) == 0
+def dist_env():
+    "(rank, world size, local rank) of this process, as torchrun/accelerate set them; (0, 1, 0) when alone."
+    return tuple(int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
+
+def _is_main_rank(): return dist_env()[0] == 0
 
 def readable_images(items, # image paths
                     n_workers=None # threads (default: up to 8)

@@ -23,7 +23,7 @@ from fastai.metrics import accuracy, top_k_accuracy
 from fastai.torch_core import set_seed
 from .attention import _check_int
 from .models import ARCHS, STEMS, ResNet, stage_spec
-from .data import get_dls, DATASETS
+from .data import get_dls, DATASETS, dist_env
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'WEIGHTS_FORMAT', 'STOP_ENV', 'get_learner', 'atomic_write', 'save_weights', 'load_weights',
@@ -304,10 +304,6 @@ def _save_loss_plot(learn, fname, title):
     fig.savefig(fname, dpi=100, bbox_inches='tight')
     plt.close(fig)
 
-def _dist_env():
-    "(rank, world size, local rank) from the variables `torchrun`/`accelerate launch` set; (0, 1, 0) otherwise."
-    return tuple(int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
-
 def _broadcast_any_backend(self, t, rank):
     "Broadcast the list `t` from `rank`: on the GPU for NCCL, on the CPU for gloo (fastai's version is CUDA-only)."
     dev = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
@@ -344,7 +340,7 @@ def _train(data, arch, size, bs, epochs, lr, seed, out, attention, stem, kernel_
         changed = [f'{k}={v!r} (the checkpoint has {state["config"].get(k)!r})' for k, v in config.items()
                    if state['config'] is not None and state['config'].get(k) != v]
         if changed: raise ValueError('resume: these arguments differ from the run being resumed: ' + ', '.join(changed))
-    rank, world, local_rank = _dist_env()
+    rank, world, local_rank = dist_env()
     main = rank == 0
     if world > 1 and torch.cuda.is_available(): torch.cuda.set_device(local_rank)
     set_seed(seed, reproducible=True)
