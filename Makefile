@@ -46,7 +46,7 @@ test: sync-check readme-check nbtest
 demo: $(STAMP)
 	@mkdir -p out/demo; start=$$(date +%s); \
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES= PYTHONWARNINGS=ignore::FutureWarning \
-	  $(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --size 48 --bs 16 --lr 3e-3 --epochs 5 --out out/demo 2>&1 | tee out/demo/train.log; \
+	  $(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --size 48 --bs 16 --lr 0.003 --epochs 5 --seed 42 --out out/demo 2>&1 | tee out/demo/train.log; \
 	echo "demo training wall time: $$(( $$(date +%s) - start ))s" | tee -a out/demo/train.log
 	@# ---- attention-map step (visualize helper) below ----
 	@img=$$($(PY) -c "from sasa_fastai.data import digits_folder; print(sorted((digits_folder() / 'val').rglob('*.png'))[0])") && $(VENV)/bin/sasa_attention "$$img" --model out/demo/export.pkl --out out/demo/attention_maps.png  # attention maps (nbs/04_visualize.ipynb)
