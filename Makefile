@@ -9,7 +9,7 @@ PIP_QUIET := 2>&1 | grep -v -e '^WARNING: Location' -e '^$$' || true
 export OMP_WAIT_POLICY ?= PASSIVE
 FLAGS ?=
 
-.PHONY: test demo bench readme sync-check readme-check nbtest clean-venv
+.PHONY: test demo demo-sweep bench gpu-check readme sync-check readme-check lint nbtest clean-venv
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ readme: $(STAMP)
 readme-check: $(STAMP)
 	@$(PY) tools/make_readme.py --check README.md
 
+# every line of code fits in 120 columns (the width the notebooks render without scrolling)
+lint:
+	@python3 tools/lint.py
+
 nbtest: $(STAMP)
 	@cd nbs && OMP_NUM_THREADS=1 ../$(VENV)/bin/nbdev_test --do_print --timing --flags "$(FLAGS)" 2>&1 | tee ../.nbtest.log; \
 	rc=$$?; cd ..; \
@@ -40,19 +44,29 @@ nbtest: $(STAMP)
 	failed=$$(sed -n '/Tests Failed On The Following Notebooks/,$$p' .nbtest.log | grep -c $$'^\t'); \
 	echo "$$((total - failed)) passed, $$failed failed"; exit $$rc
 
-test: sync-check readme-check nbtest
+test: sync-check readme-check lint nbtest
 
 # demo: SASA-ResNet-26 on the embedded digits, on the CPU (2 threads unless OMP_NUM_THREADS is set); log in out/demo/train.log
+# (the flags are `DEMO` of nbs/13_learner.ipynb, which a test keeps equal to this line)
 demo: $(STAMP)
 	@mkdir -p out/demo; start=$$(date +%s); \
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES= PYTHONWARNINGS=ignore::FutureWarning \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES= \
 	  $(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --size 48 --bs 16 --lr 0.003 --epochs 5 --seed 42 --out out/demo 2>&1 | tee out/demo/train.log; \
 	echo "demo training wall time: $$(( $$(date +%s) - start ))s" | tee -a out/demo/train.log
-	@# ---- attention-map step (visualize helper) below ----
-	@img=$$($(PY) -c "from sasa_fastai.data import digits_folder; print(sorted((digits_folder() / 'val').rglob('*.png'))[0])") && $(VENV)/bin/sasa_attention "$$img" --model out/demo/export.pkl --out out/demo/attention_maps.png  # attention maps (nbs/04_visualize.ipynb)
+	@img=$$($(PY) -c "from sasa_fastai.data import digits_folder; print(sorted((digits_folder() / 'val').rglob('*.png'))[0])") && \
+	  $(VENV)/bin/sasa_maps "$$img" --model out/demo/weights.pth --out out/demo/attention_maps.png  # nbs/12_visualize.ipynb
 
+# the demo recipe over five seeds: results/demo_sweep.md and .json (the README's demo figures)
+demo-sweep: $(STAMP)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) tools/demo_sweep.py
+
+# the CPU benchmark: results/bench/bench.md and bench.json (the README's tables)
 bench: $(STAMP)
-	@$(VENV)/bin/sasa_bench --out bench_out $(BENCH_ARGS)
+	@$(VENV)/bin/sasa_bench --out results/bench $(BENCH_ARGS)
+
+# on a CUDA machine: the GPU kernels' agreement, the layer and ResNet-50 targets, a training run (results/gpu_check.md)
+gpu-check: $(STAMP)
+	@$(PY) tools/gpu_check.py --out results/gpu_check.md
 
 clean-venv:
 	rm -rf $(VENV)

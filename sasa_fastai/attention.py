@@ -61,7 +61,8 @@ def sasa_attention(x, # input `[B, ni, H, W]`
                    w_qkv, # dense 1x1 projection `[3 nf, ni]`: queries, keys, values (each head-major)
                    rel_h, # row-offset table `[k, N, d/2]` (k offsets, N heads, half of each head's d dims)
                    rel_w, # column-offset table `[k, N, d/2]`
-                   masked=False, # leave out-of-image positions out of the softmax (default: zero keys/values, as the paper)
+                   # leave out-of-image positions out of the softmax (default: zero keys/values, as the paper)
+                   masked=False,
                    backend='auto', # one of `BACKEND_NAMES`, see above
                    inference=False # also return the weights `[B, N, H, W, k, k]`
                   ):

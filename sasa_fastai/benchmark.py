@@ -38,7 +38,8 @@ def case_name(spec):
     "A short readable name of a case."
     mode = {'fwd': 'fwd', 'fwdbwd': 'fwd+bwd', 'train': 'train step', 'infer': 'inference'}[spec['mode']]
     if spec['kind'] == 'layer':
-        return f"{spec['impl']} C={spec['C']} {spec['H']}x{spec['H']} {mode}" + (f" {spec['amp']}" if spec.get('amp') else '')
+        return (f"{spec['impl']} C={spec['C']} {spec['H']}x{spec['H']} {mode}"
+                + (f" {spec['amp']}" if spec.get('amp') else ''))
     return f"{spec['arch']} {spec['size']}px {mode}" + (f" {spec['amp']}" if spec.get('amp') else '')
 
 # %% ../nbs/15_benchmark.ipynb #47bd4389
@@ -50,7 +51,8 @@ def _amp(device, amp):
 def _format(m, x, spec):
     "Module and input in channels-last memory format when the case asks for it."
     if not spec.get('channels_last'): return m, x
-    return m.to(memory_format=torch.channels_last), x.detach().to(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
+    return (m.to(memory_format=torch.channels_last),
+            x.detach().to(memory_format=torch.channels_last).requires_grad_(x.requires_grad))
 
 def make_step(spec, # a case from `layer_case` or `model_case`
               device='cpu'): # 'cpu' or 'cuda'
@@ -62,7 +64,8 @@ def make_step(spec, # a case from `layer_case` or `model_case`
         else:
             backend = {'ours': 'auto', 'reference': 'reference'}[spec['impl']]
             m = SASA2d(C, C, spec['kernel_size'], num_heads=spec['num_heads'], backend=backend)
-        m, x = _format(m.to(device), torch.randn(B, C, H, H, device=device, requires_grad=spec['mode'] == 'fwdbwd'), spec)
+        m, x = _format(m.to(device),
+                       torch.randn(B, C, H, H, device=device, requires_grad=spec['mode'] == 'fwdbwd'), spec)
         if spec['mode'] == 'fwd':
             def step():
                 with torch.no_grad(), _amp(device, spec.get('amp')): m(x)
@@ -117,7 +120,9 @@ def measure(spec, # a case from `layer_case` or `model_case`
     cuda = device == 'cuda'
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     step = make_step(spec, device)
+    sync(); t = time.perf_counter()
     step(); sync()
+    first_ms = (time.perf_counter() - t) * 1e3  # the first call: lazy set-up and kernel compilation included
     _release_memory()
     if cuda:
         torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
@@ -135,7 +140,8 @@ def measure(spec, # a case from `layer_case` or `model_case`
         step(); sync()
         if i >= warmup: times.append((time.perf_counter() - t) * 1e3)
     res = dict(spec=spec, device=device, threads=torch.get_num_threads(), warmup=warmup, repeats=repeats,
-               time_ms=statistics.median(times), times_ms=times, peak_mib=peak, base_mib=base, peak_reset=reset)
+               time_ms=statistics.median(times), times_ms=times, first_ms=first_ms, peak_mib=peak, base_mib=base,
+               peak_reset=reset)
     if spec['kind'] == 'model': res['images_per_s'] = spec['batch'] / res['time_ms'] * 1e3
     if spec['kind'] == 'layer' and spec['impl'] == 'ours':
         res['backend'] = pick_backend('auto', torch.zeros(1, device=device))
@@ -160,7 +166,8 @@ def run_case(spec, # a case from `layer_case` or `model_case`
     threads = torch.get_num_threads() if threads is None else threads
     req = json.dumps(dict(spec=spec, device=device, threads=threads, warmup=warmup, repeats=repeats))
     env = {**os.environ, **BENCH_ENV, 'OMP_NUM_THREADS': str(threads)}
-    cmd = [sys.executable, '-c', 'import sys; from sasa_fastai.benchmark import _case_main; _case_main(sys.argv[1])', req]
+    cmd = [sys.executable, '-c',
+           'import sys; from sasa_fastai.benchmark import _case_main; _case_main(sys.argv[1])', req]
     try: p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired: return dict(spec=spec, device=device, error=f'timed out after {timeout} s')
     lines = p.stdout.strip().splitlines()
@@ -210,8 +217,9 @@ def layer_markdown(results):
     if not layers: return ''
     s0 = layers[0]['spec']
     be = next((r['backend'] for r in layers if r.get('backend')), 'auto')
-    head = (f"| layer (batch {s0['batch']}, k={s0['kernel_size']}, {s0['num_heads']} heads) | pass | ours ms | reference ms "
-            f"| conv3x3 ms | ours/ref | ours/conv | ours MiB | reference MiB | conv3x3 MiB | ours/ref | ours/conv |")
+    head = (f"| layer (batch {s0['batch']}, k={s0['kernel_size']}, {s0['num_heads']} heads) | pass | ours ms "
+            f"| reference ms | conv3x3 ms | ours/ref | ours/conv "
+            f"| ours MiB | reference MiB | conv3x3 MiB | ours/ref | ours/conv |")
     out = [f'ours = `SASA2d` backend auto ({be}); reference = k² copies of keys and values; '
            'conv3x3 = `nn.Conv2d(C, C, 3)`. Time: median ms; memory: peak MiB added by the pass.', '',
            head, '|---|---|' + '---:|' * 10]
@@ -220,8 +228,10 @@ def layer_markdown(results):
         t = {i: _val(layers, 'time_ms', impl=i, C=C, H=H, mode=mode) for i in IMPLS}
         m = {i: _val(layers, 'peak_mib', impl=i, C=C, H=H, mode=mode) for i in IMPLS}
         out.append(f"| C={C} @ {H}x{H} | {'fwd' if mode == 'fwd' else 'fwd+bwd'} | "
-                   + ' | '.join(_num(t[i]) for i in IMPLS) + f" | {_x(_ratio(t['ours'], t['reference']))} | {_x(_ratio(t['ours'], t['conv']))} | "
-                   + ' | '.join(_num(m[i]) for i in IMPLS) + f" | {_x(_ratio(m['ours'], m['reference']))} | {_x(_ratio(m['ours'], m['conv']))} |")
+                   + ' | '.join(_num(t[i]) for i in IMPLS)
+                   + f" | {_x(_ratio(t['ours'], t['reference']))} | {_x(_ratio(t['ours'], t['conv']))} | "
+                   + ' | '.join(_num(m[i]) for i in IMPLS)
+                   + f" | {_x(_ratio(m['ours'], m['reference']))} | {_x(_ratio(m['ours'], m['conv']))} |")
     return '\n'.join(out)
 
 def model_markdown(results):
@@ -231,7 +241,8 @@ def model_markdown(results):
     s0 = models[0]['spec']
     archs = list(dict.fromkeys(r['spec']['arch'] for r in models))
     cols = lambda a: (_val(models, 'time_ms', arch=a, mode='train'), _val(models, 'peak_mib', arch=a, mode='train'),
-                      _val(models, 'images_per_s', arch=a, mode='infer'), _val(models, 'peak_mib', arch=a, mode='infer'))
+                      _val(models, 'images_per_s', arch=a, mode='infer'),
+                      _val(models, 'peak_mib', arch=a, mode='infer'))
     out = [f"| model ({s0['size']} px, batch {s0['batch']}{', ' + s0['amp'] if s0.get('amp') else ''}) | train step ms "
            "| train peak MiB | inference img/s | inference peak MiB |", '|---|---:|---:|---:|---:|']
     for a in archs: out.append(f'| {a} | ' + ' | '.join(_num(v) for v in cols(a)) + ' |')
@@ -249,7 +260,8 @@ def check_targets(results, conv='resnet26', sasa='sasa_resnet26'):
     M = lambda arch, key: _val(results, key, kind='model', arch=arch, mode='train', size=160, batch=8, amp=None)
     lay = 'layer C=64 @ 40x40 fwd+bwd'
     rows = [(f'{lay} time, reference / ours', _ratio(L('reference', 'time_ms'), L('ours', 'time_ms')), '>=', 10),
-            (f'{lay} peak memory, reference / ours', _ratio(L('reference', 'peak_mib'), L('ours', 'peak_mib')), '>=', 15),
+            (f'{lay} peak memory, reference / ours', _ratio(L('reference', 'peak_mib'), L('ours', 'peak_mib')),
+             '>=', 15),
             (f'{lay} time, ours / conv3x3', _ratio(L('ours', 'time_ms'), L('conv', 'time_ms')), '<=', 3),
             (f'{sasa} / {conv} training step time', _ratio(M(sasa, 'time_ms'), M(conv, 'time_ms')), '<=', 1.5),
             (f'{sasa} / {conv} training step peak memory', _ratio(M(sasa, 'peak_mib'), M(conv, 'peak_mib')), '<=', 1.2)]
@@ -258,7 +270,8 @@ def check_targets(results, conv='resnet26', sasa='sasa_resnet26'):
 
 def targets_text(targets):
     "One line per target."
-    return '\n'.join(f"{t['status']:4}  {t['target']} = {_x(t['value'])} (target {t['op']} {t['limit']}x)" for t in targets)
+    return '\n'.join(f"{t['status']:4}  {t['target']} = {_x(t['value'])} (target {t['op']} {t['limit']}x)"
+                     for t in targets)
 
 # %% ../nbs/15_benchmark.ipynb #ea17cff0
 def cpu_name():
@@ -280,10 +293,11 @@ def machine_line(info):
     s = f"{info['cpu']} ({info['cores']} cores), {info['threads']} threads, torch {info['torch']}"
     return (f"{info['gpu']}, " if info.get('gpu') else '') + s
 
-# %% ../nbs/15_benchmark.ipynb #b8552ecb
+# %% ../nbs/15_benchmark.ipynb #dd59686a
 def _check_device(device):
     check_choice('device', device, ('cpu', 'cuda'))
-    if device == 'cuda' and not torch.cuda.is_available(): raise invalid('device', device, "'cpu' here: torch sees no CUDA device")
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise invalid('device', device, "'cpu' here: torch sees no CUDA device")
 
 def bench_markdown(report):
     "The markdown of a report: command, machine line, tables, targets."
@@ -291,8 +305,10 @@ def bench_markdown(report):
     out = ['## sasa_fastai benchmark', '']
     if report.get('command'): out += [f"`{report['command']}`", '']
     amp = any(r['spec'].get('amp') for r in report['results'])
-    out += [f"{machine_line(report['machine'])}; device {s['device']}, {'bf16 autocast (models)' if amp else 'fp32'}. Median of {s['repeats']} timed runs after "
-            f"{s['warmup']} warm-up; memory = peak added by one run ({'CUDA allocator' if s['device'] == 'cuda' else 'RSS'}), "
+    out += [f"{machine_line(report['machine'])}; device {s['device']}, "
+            f"{'bf16 autocast (models)' if amp else 'fp32'}. Median of {s['repeats']} timed runs after "
+            f"{s['warmup']} warm-up; memory = peak added by one run "
+            f"({'CUDA allocator' if s['device'] == 'cuda' else 'RSS'}), "
             'each case in a fresh process.', '']
     for part in (layer_markdown(report['results']), model_markdown(report['results'])):
         if part: out += [part, '']
@@ -336,5 +352,7 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
         atomic_write(Path(out) / 'bench.json', lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     return report
 
-# %% ../nbs/15_benchmark.ipynb #44bf5b23
-__getattr__ = moved(__name__, {'count_flops': 'flops.count_flops', 'flops_table': 'flops.flops_table', 'flops_markdown': 'flops.flops_markdown', 'PAPER_FLOPS': 'flops.PAPER_FLOPS', 'sasa_bench': 'cli.sasa_bench'})
+# %% ../nbs/15_benchmark.ipynb #b1c09c45
+__getattr__ = moved(__name__, {'count_flops': 'flops.count_flops', 'flops_table': 'flops.flops_table',
+                               'flops_markdown': 'flops.flops_markdown', 'PAPER_FLOPS': 'flops.PAPER_FLOPS',
+                               'sasa_bench': 'cli.sasa_bench'})

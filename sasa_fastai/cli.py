@@ -43,7 +43,8 @@ def _interrupted(name, e):
 def run_command(command, # the `call_parse` function of the command
                 fn, # the work: a function of the library
                 *args, **kwargs):
-    "`fn(*args, **kwargs)`; when `command` runs as a command line, a fixable error or Ctrl-C is a message and an exit status."
+    ("`fn(*args, **kwargs)`; when `command` runs as a command line, a fixable error or Ctrl-C is a message "
+     "and an exit status.")
     if not is_cli(command): return fn(*args, **kwargs)
     name = command.__name__
     try: fn(*args, **kwargs)
@@ -73,7 +74,10 @@ def _train(data, arch, size, bs, epochs, lr, seed, out, valid_pct, attention, st
 
 @call_parse
 @_exit_status
-def sasa_train(data:str='digits', # dataset name (digits, imagenette, imagenette-320, imagenette-full, imagewoof, ...) or an image folder: train/<class>/ and val/<class>/, or just <class>/ subfolders (see --valid_pct)
+def sasa_train(
+               # dataset name (digits, imagenette, imagenette-320, imagenette-full, imagewoof, ...) or an image folder:
+               # train/<class>/ and val/<class>/, or just <class>/ subfolders (see --valid_pct)
+               data:str='digits',
                arch:str='sasa_resnet26', # model: sasa_resnet26/38/50/101 or the conv baselines resnet26/38/50/101
                size:int=None, # image size in pixels (default: the dataset's, 32 for digits, 128 for Imagenette-160)
                bs:int=64, # batch size (per process in a multi-process run)
@@ -81,21 +85,25 @@ def sasa_train(data:str='digits', # dataset name (digits, imagenette, imagenette
                lr:float=4e-3, # maximum learning rate of the one cycle
                seed:int=42, # random seed (fastai's set_seed, reproducible=True)
                out:str='out', # output folder: export.pkl, weights.pth, history.csv, loss.png, checkpoint.pth
-               valid_pct:float=0.2, # share of each class held out for validation (stratified, the same every run) when --data is a folder of <class>/ subfolders without train/ and val/
+               # share of each class held out for validation (stratified, the same every run) when --data is a folder
+               # of <class>/ subfolders without train/ and val/
+               valid_pct:float=0.2,
                attention:str=None, # SASA stages: stage numbers like "2,3,4", "all" or "none" (default: the arch's)
                stem:str=None, # "conv" or "attention" (the paper's attention stem)
                kernel_size:int=None, # SASA window size (default 7)
                num_heads:int=None, # SASA heads (default 8)
                resume:store_true=False, # continue the run in --out from its last checkpoint (same arguments)
               ):
-    "Train a SASA (or conv) ResNet with one-cycle; write the learner, its weights, history, loss curve and a checkpoint into --out."
+    ("Train a SASA (or conv) ResNet with one-cycle; "
+     "write the learner, its weights, history, loss curve and a checkpoint into --out.")
     return run_command(sasa_train, _train, data, arch, size, bs, epochs, lr, seed, out, valid_pct, attention, stem,
                        kernel_size, num_heads, resume)
 
-# %% ../nbs/16_cli.ipynb #e63a0739
+# %% ../nbs/16_cli.ipynb #697d34f0
 def load_model(path # a weights.pth (plain data) or an export.pkl (a pickle)
               ):
-    "`(model or Learner, class names)` from a file `sasa_train` wrote; a `ValueError` naming `model` if it cannot be used."
+    ("`(model or Learner, class names)` from a file `sasa_train` wrote; "
+     "a `ValueError` naming `model` if it cannot be used.")
     from sasa_fastai.checks import check_file, invalid
     p = check_file('model', path, 'a weights.pth or export.pkl written by sasa_train')
     if p.suffix == '.pkl':
@@ -123,7 +131,8 @@ def _maps(image, model, out, query, heads, dpi):
     from sasa_fastai.data import image_problem
     from sasa_fastai.visualize import attention_maps, save_attention_grid
     check_file('image', image, 'an image file')
-    if (problem := image_problem(image)) is not None: raise invalid('image', image, f'an image file PIL can read ({problem})')
+    if (problem := image_problem(image)) is not None:
+        raise invalid('image', image, f'an image file PIL can read ({problem})')
     if heads is not None: check_positive('heads', heads)
     check_positive('dpi', dpi)
     writable_file('out', out)
@@ -137,7 +146,9 @@ def _maps(image, model, out, query, heads, dpi):
 @call_parse
 @_exit_status
 def sasa_maps(image:str, # image file to look at
-              model:str='out/weights.pth', # trained model: weights.pth (plain data) or export.pkl (a pickle, which can run code when loaded: only load files you trust), as written by sasa_train
+              # trained model: weights.pth (plain data) or export.pkl (a pickle, which can run code when loaded:
+              # only load files you trust), as written by sasa_train
+              model:str='out/weights.pth',
               out:str='attention_maps.png', # PNG to write: the layers x heads grid of attention windows
               query:Param('Y X pixel in the transformed (model input) image; default: its centre', int, nargs=2)=None,
               heads:int=None, # show only the first `heads` heads of each layer
@@ -157,7 +168,8 @@ def sasa_attention():
 def _bench(out, quick, device, threads, repeats, warmup):
     from sasa_fastai.benchmark import benchmark, bench_markdown
     cmd = ' '.join(['sasa_bench', f'--out {out}'] + ['--quick'] * quick + [f'--device {device}'] * (device != 'cpu')
-                   + [f'--{k} {v}' for k, v in dict(threads=threads, repeats=repeats, warmup=warmup).items() if v is not None])
+                   + [f'--{k} {v}' for k, v in dict(threads=threads, repeats=repeats, warmup=warmup).items()
+                      if v is not None])
     report = benchmark(out, quick, device, threads, repeats, warmup, command=cmd)
     print(bench_markdown(report))
     print(f'wrote {Path(out) / "bench.md"} and {Path(out) / "bench.json"}', file=sys.stderr)
@@ -166,10 +178,12 @@ def _bench(out, quick, device, threads, repeats, warmup):
 @call_parse
 @_exit_status
 def sasa_bench(out:str='bench_out', # folder for bench.md and bench.json
-               quick:store_true=False, # 1 warm-up + 3 timed runs, only the C=64 @ 40x40 layer shape (about 2 minutes on 2 cores)
+               # 1 warm-up + 3 timed runs, only the C=64 @ 40x40 layer shape (about 2 minutes on 2 cores)
+               quick:store_true=False,
                device:str='cpu', # 'cpu' or 'cuda'
                threads:int=None, # CPU threads per case (default: all, torch.get_num_threads())
                repeats:int=None, # timed runs per case (default 10, or 3 with --quick)
                warmup:int=None): # untimed runs before them (default 3, or 1 with --quick)
-    "Time and peak memory of the SASA layer (vs k² copies and a 3x3 conv) and of SASA-ResNet26 (vs ResNet-26); prints the tables."
+    ("Time and peak memory of the SASA layer (vs k² copies and a 3x3 conv) and of SASA-ResNet26 (vs ResNet-26); "
+     "prints the tables.")
     return run_command(sasa_bench, _bench, out, quick, device, threads, repeats, warmup)

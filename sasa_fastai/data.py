@@ -159,7 +159,8 @@ def folder_layout(folder # an image folder
                  ) -> str: # 'split' (train/ and val/) or 'classes' (one subfolder per class)
     "Which of the two layouts `folder` has; a `FileNotFoundError` that says what is wrong if neither."
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir(): raise NotADirectoryError(f'{folder} is a file; expected a folder with {LAYOUTS}')
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f'{folder} is a file; expected a folder with {LAYOUTS}')
     if not folder.is_dir(): raise FileNotFoundError(f'{folder} does not exist; expected a folder with {LAYOUTS}')
     train, val = (folder / 'train').is_dir(), (folder / 'val').is_dir()
     if train and val: return 'split'
@@ -240,12 +241,14 @@ def _resolve(data, path):
         return (data if isinstance(data, str) and data in DATASETS else None), Path(path).expanduser()
     if isinstance(data, str) and data in DATASETS:
         return data, (digits_folder() if data == 'digits' else dataset_folder(data))
-    if isinstance(data, os.PathLike) or (isinstance(data, str) and (os.sep in data or '/' in data or Path(data).exists())):
+    if (isinstance(data, os.PathLike)
+            or (isinstance(data, str) and (os.sep in data or '/' in data or Path(data).exists()))):
         return None, Path(data).expanduser()
     raise invalid('data', data, f'one of {list(DATASETS)}, or a folder with {LAYOUTS}')
 
 def get_dls(data='digits', # a name from `DATASETS`, or an image folder in either layout (see above)
-            size=None, # training image size in pixels (>= 32); default: the dataset's (32 for digits, 128/224 for Imagenette)
+            # training image size in pixels (>= 32); default: the dataset's (32 for digits, 128/224 for Imagenette)
+            size=None,
             bs=64, # batch size
             path=None, # folder with the dataset's layout, used instead of finding/downloading `data`
             valid_pct=0.2, # share of each class held out for validation, for a folder without train/ and val/
@@ -258,7 +261,8 @@ def get_dls(data='digits', # a name from `DATASETS`, or an image folder in eithe
             **kwargs # passed to `DataBlock.dataloaders`
            ):
     "`DataLoaders` for Imagenette/Imagewoof, the embedded digits or an image folder in either layout."
-    check_positive('bs', bs); check_size(size); check_fraction('valid_pct', valid_pct); check_int('split_seed', split_seed)
+    check_positive('bs', bs); check_size(size)
+    check_fraction('valid_pct', valid_pct); check_int('split_seed', split_seed)
     name, folder = _resolve(data, path)
     digits = name == 'digits' or (name is None and folder.name.startswith('digits'))
     if size is None: size = DATASETS[name][1] if name else (32 if digits else 128)
@@ -269,7 +273,8 @@ def get_dls(data='digits', # a name from `DATASETS`, or an image folder in eithe
     item_tfms = [crop] + ([FlipItem(0.5)] if flip else [])
     batch_tfms = (aug_transforms(do_flip=False) if batch_aug else []) + [Normalize.from_stats(*imagenet_stats)]
     train, valid = image_items(folder, verify, valid_pct, split_seed)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock), splitter=IndexSplitter(range(len(train), len(train) + len(valid))),
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock),
+                      splitter=IndexSplitter(range(len(train), len(train) + len(valid))),
                       get_y=label_name, item_tfms=item_tfms, batch_tfms=batch_tfms)
     if num_workers is None and digits: num_workers = 0
     if num_workers is not None: kwargs['num_workers'] = num_workers

@@ -44,7 +44,8 @@ def class_folder(dest, # folder to create
     for c, n in counts.items():
         (dest / c).mkdir(parents=True, exist_ok=True)
         rng = np.random.RandomState(sum(map(ord, c)))
-        for i in range(n): Image.fromarray(rng.randint(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(dest / c / f'{i}.png')
+        for i in range(n):
+            Image.fromarray(rng.randint(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(dest / c / f'{i}.png')
     return dest
 
 # %% ../nbs/10_fixtures.ipynb #b572f9ac
@@ -71,10 +72,12 @@ def messy_folder(dest # folder to create
     photo = Image.fromarray(rng.randint(0, 255, (40, 40, 3), dtype=np.uint8))
     buf = io.BytesIO(); photo.save(buf, 'JPEG'); jpeg = buf.getvalue()
     t0, t1 = messy / 'train' / '0', messy / 'train' / '1'
-    broken = {t0 / 'truncated.jpg': jpeg[:len(jpeg) // 2], t0 / 'empty.png': b'', t1 / 'text.jpg': b'this is not a JPEG\n'}
+    broken = {t0 / 'truncated.jpg': jpeg[:len(jpeg) // 2], t0 / 'empty.png': b'',
+              t1 / 'text.jpg': b'this is not a JPEG\n'}
     for p, b in broken.items(): p.write_bytes(b)
     (t1 / 'notes.txt').write_text('labels checked by hand\n')
     photo.convert('L').save(t0 / 'gray.png'); photo.convert('RGBA').save(t1 / 'rgba.png')
-    photo.convert('CMYK').save(messy / 'train' / '2' / 'cmyk.jpg'); photo.convert('P').save(messy / 'val' / '2' / 'palette.png')
+    photo.convert('CMYK').save(messy / 'train' / '2' / 'cmyk.jpg')
+    photo.convert('P').save(messy / 'val' / '2' / 'palette.png')
     (messy / 'train' / '7').mkdir(); (messy / 'val' / '7').mkdir()  # a class with no images
     return messy, list(broken)

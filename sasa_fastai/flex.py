@@ -31,7 +31,8 @@ def _flex_attention(device):
     "`flex_attention`, compiled for CUDA (once per device type), eager elsewhere."
     if device.type not in _compiled:
         from torch.nn.attention.flex_attention import flex_attention
-        _compiled[device.type] = torch.compile(flex_attention, dynamic=False) if device.type == 'cuda' else flex_attention
+        _compiled[device.type] = (torch.compile(flex_attention, dynamic=False) if device.type == 'cuda'
+                                  else flex_attention)
     return _compiled[device.type]
 
 def flex_backend(q, k, v, rel_h, rel_w, masked=False, inference=False):

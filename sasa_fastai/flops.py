@@ -92,6 +92,7 @@ def flops_markdown(rows):
             for r in rows]
     kinds = list(dict.fromkeys(k for r in rows for k in r['breakdown']))
     out += ['', '| model | variant | ' + ' | '.join(kinds) + ' |', '|---|---|' + '---:|' * len(kinds)]
-    out += [f"| {r['model']} | {r['variant']} | " + ' | '.join(f"{r['breakdown'].get(k, 0) / 1e9:.3f}" for k in kinds) + ' |'
+    out += [f"| {r['model']} | {r['variant']} | "
+            + ' | '.join(f"{r['breakdown'].get(k, 0) / 1e9:.3f}" for k in kinds) + ' |'
             for r in rows]
     return '\n'.join(out)

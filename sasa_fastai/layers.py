@@ -52,9 +52,10 @@ class SASA2d(nn.Module):
         return (f'{self.ni}, {self.nf}, kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'num_heads={self.num_heads}' + (', masked=True' if self.masked else ''))
 
-# %% ../nbs/07_layers.ipynb #1724bc25
+# %% ../nbs/07_layers.ipynb #8ee89026
 class SASAStem(nn.Module):
-    "The paper's attention stem: spatially-aware values, attention inside each `block` x `block` patch, BN, ReLU, max pool."
+    ("The paper's attention stem: spatially-aware values, attention inside each `block` x `block` patch, "
+     "BN, ReLU, max pool.")
     def __init__(self, ni=3, # input channels
                  nf=64, # output channels (a multiple of 2*num_heads)
                  block=4, # side of the blocks attention runs in, and of the max pool

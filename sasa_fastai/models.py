@@ -44,10 +44,12 @@ def stage_spec(attention):
     "Normalise an `attention` spec to four booleans, one per stage; `invalid(...)` if it is not one."
     valid = 'True/False, four booleans such as [False, True, True, True], or 1-based stage numbers such as [2, 3, 4]'
     if isinstance(attention, bool): return (attention,) * 4
-    if isinstance(attention, (str, bytes)) or not isinstance(attention, Sequence): raise invalid('attention', attention, valid)
+    if isinstance(attention, (str, bytes)) or not isinstance(attention, Sequence):
+        raise invalid('attention', attention, valid)
     items = list(attention)
     if len(items) == 4 and all(isinstance(o, bool) for o in items): return tuple(items)
-    if all(isinstance(o, int) and not isinstance(o, bool) and 1 <= o <= 4 for o in items) and len(set(items)) == len(items):
+    if (all(isinstance(o, int) and not isinstance(o, bool) and 1 <= o <= 4 for o in items)
+            and len(set(items)) == len(items)):
         return tuple(i + 1 in items for i in range(4))
     raise invalid('attention', attention, valid)
 
@@ -70,19 +72,23 @@ class ResNet(nn.Sequential):
                  masked=False, # SASA layers leave out-of-image positions out of the softmax
                  widths=WIDTHS): # bottleneck widths of the four stages (the stem has the first)
         check_choice('stem', stem, STEMS)
-        if not (isinstance(layers, Sequence) and len(layers) == 4 and all(isinstance(o, int) and o > 0 for o in layers)):
+        if not (isinstance(layers, Sequence) and len(layers) == 4
+                and all(isinstance(o, int) and o > 0 for o in layers)):
             raise invalid('layers', layers, 'four positive block counts, e.g. [3, 4, 6, 3]')
-        if not (isinstance(widths, Sequence) and len(widths) == 4 and all(isinstance(o, int) and o > 0 for o in widths)):
+        if not (isinstance(widths, Sequence) and len(widths) == 4
+                and all(isinstance(o, int) and o > 0 for o in widths)):
             raise invalid('widths', widths, f'four positive widths, e.g. {list(WIDTHS)}')
         check_positive('n_out', n_out, '(the number of classes)')
         check_positive('n_in', n_in, '(image channels)')
         for w in widths: check_sasa_args(w, w, kernel_size, 1, num_heads)
         spec = stage_spec(attention)
-        stem_layers = ([('stem', SASAStem(n_in, widths[0], num_heads=num_heads, inference=inference))] if stem == 'attention'
+        stem_layers = ([('stem', SASAStem(n_in, widths[0], num_heads=num_heads, inference=inference))]
+                       if stem == 'attention'
                        else [('stem', conv_bn(n_in, widths[0], ks=7, stride=2)), ('pool', nn.MaxPool2d(3, 2, 1))])
         ni, stages = widths[0], []
         for i, (n, w, s, att) in enumerate(zip(layers, widths, self.strides, spec)):
-            blocks = [Bottleneck(ni if j == 0 else w * 4, w, s if j == 0 else 1, att, kernel_size, num_heads, inference, masked)
+            blocks = [Bottleneck(ni if j == 0 else w * 4, w, s if j == 0 else 1, att, kernel_size, num_heads,
+                                 inference, masked)
                       for j in range(n)]
             stages.append((f'stage{i + 1}', nn.Sequential(*blocks)))
             ni = w * 4

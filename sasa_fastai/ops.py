@@ -75,7 +75,8 @@ def _backward(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, kernel):
     with torch.autocast(x.device.type, enabled=False):
         dqkv, drel_h, drel_w = backward(project(x, w_qkv), rel_h, rel_w, rel_h.shape[1], masked, out, lse, dout)
         dx, dw = project_backward(x, w_qkv, dqkv)
-    return dx.contiguous(memory_format=memory_format(x)), dw.to(w_qkv.dtype), drel_h.to(rel_h.dtype), drel_w.to(rel_w.dtype)
+    return (dx.contiguous(memory_format=memory_format(x)), dw.to(w_qkv.dtype),
+            drel_h.to(rel_h.dtype), drel_w.to(rel_w.dtype))
 
 @torch.library.custom_op('sasa_fastai::sasa_bwd', mutates_args=())
 def sasa_bwd(dout:Tensor, x:Tensor, w_qkv:Tensor, rel_h:Tensor, rel_w:Tensor, out:Tensor, lse:Tensor, masked:bool,

@@ -14,7 +14,49 @@ __all__ = ['tile_config', 'triton_forward', 'triton_backward']
 # %% ../nbs/03_triton.ipynb #54907758
 _NO_SPEC = ['H', 'W', 'C', 'NH', 'n_tw']  # shape ints: no %16 / ==1 specialisation (fewer compiled variants)
 
-# %% ../nbs/03_triton.ipynb #1a251c22
+# %% ../nbs/03_triton.ipynb #e73f04fb
+@triton.jit
+def _tile(H, W, NH, n_tw, D: tl.constexpr, D_PAD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
+    "This program's tile, image*head `bn`, image `b`, head `n`, pixel rows `i` and columns `j`, channels `c`, masks."
+    tile = tl.program_id(0)
+    bn = tl.program_id(1)
+    pix = tl.arange(0, TH * TW)
+    i = (tile // n_tw) * TH + pix // TW
+    j = (tile % n_tw) * TW + pix % TW
+    c = tl.arange(0, D_PAD)
+    return tile, bn, bn // NH, bn % NH, i, j, (i < H) & (j < W), c, c < D
+
+@triton.jit
+def _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D: tl.constexpr):
+    "Head `n`'s tables: the row table pairs with q[:d/2], the column table with q[d/2:] (masks and offsets)."
+    hmask = c < D // 2
+    wmask = (c >= D // 2) & (c < D)
+    return hmask, wmask, n * srh_n + tl.where(hmask, c, 0) * srh_c, n * srw_n + tl.where(wmask, c - D // 2, 0) * srw_c
+
+@triton.jit
+def _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask):
+    "e_ab, the relative embedding of window offset (a, bb): row offset a and column offset bb, one d-vector."
+    return (tl.load(rel_h_ptr + a * srh_k + rel_a_off, mask=hmask, other=0.).to(tl.float32) +
+            tl.load(rel_w_ptr + bb * srw_k + rel_b_off, mask=wmask, other=0.).to(tl.float32))
+
+@triton.jit
+def _shifted(base, ch, i, j, di, dj, H, W, s_h, s_w, cvalid):
+    "Channels `ch` at pixels (i+di, j+dj) as `[D_PAD, TH*TW]` float32, zero outside the image; and the inside mask."
+    y = i + di
+    x = j + dj
+    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    mask = cvalid[:, None] & inside[None, :]
+    return tl.load(base + ch[:, None] + (y * s_h + x * s_w)[None, :], mask=mask, other=0.).to(tl.float32), inside
+
+@triton.jit
+def _logit(q, kk, e, inside, MASKED: tl.constexpr):
+    "q.(k + e) per pixel; -inf outside the image when `MASKED`."
+    s = tl.sum(q * (kk + e[:, None]), axis=0)
+    if MASKED:
+        s = tl.where(inside, s, float('-inf'))
+    return s
+
+# %% ../nbs/03_triton.ipynb #44e58add
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
                      H, W, C, NH, n_tw,
@@ -23,46 +65,22 @@ def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
                      srh_k, srh_n, srh_c, srw_k, srw_n, srw_c,
                      D: tl.constexpr, D_PAD: tl.constexpr, K: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                      MASKED: tl.constexpr, WEIGHTS: tl.constexpr):
-    tile = tl.program_id(0)
-    bn = tl.program_id(1)
-    b = bn // NH
-    n = bn % NH
-    pix = tl.arange(0, TH * TW)
-    i = (tile // n_tw) * TH + pix // TW
-    j = (tile % n_tw) * TW + pix % TW
-    pvalid = (i < H) & (j < W)
-    c = tl.arange(0, D_PAD)
-    cvalid = c < D
+    tile, bn, b, n, i, j, pvalid, c, cvalid = _tile(H, W, NH, n_tw, D, D_PAD, TH, TW)
+    hmask, wmask, rel_a_off, rel_b_off = _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D)
     base = qkv_ptr + b.to(tl.int64) * s_b
     qch = (n * D + c) * s_c
     kch = qch + C * s_c
     vch = kch + C * s_c
-    # relative tables: rows pair with q[:d/2], columns with q[d/2:]
-    hmask = c < D // 2
-    wmask = (c >= D // 2) & cvalid
-    rel_a_off = n * srh_n + tl.where(hmask, c, 0) * srh_c
-    rel_b_off = n * srw_n + tl.where(wmask, c - D // 2, 0) * srw_c
-
-    q = tl.load(base + qch[:, None] + (i * s_h + j * s_w)[None, :],
-                mask=cvalid[:, None] & pvalid[None, :], other=0.).to(tl.float32)
+    q, _ = _shifted(base, qch, i, j, 0, 0, H, W, s_h, s_w, cvalid)
     m_i = tl.full([TH * TW], -1.0e30, tl.float32)
     l_i = tl.zeros([TH * TW], tl.float32)
     acc = tl.zeros([D_PAD, TH * TW], tl.float32)
     for a in range(K):
-        ki = i + (a - K // 2)
-        rowok = (ki >= 0) & (ki < H)
-        rel_a = tl.load(rel_h_ptr + a * srh_k + rel_a_off, mask=hmask, other=0.).to(tl.float32)
         for bb in range(K):
-            kj = j + (bb - K // 2)
-            inside = rowok & (kj >= 0) & (kj < W)
-            rel_b = tl.load(rel_w_ptr + bb * srw_k + rel_b_off, mask=wmask, other=0.).to(tl.float32)
-            koff = (ki * s_h + kj * s_w)[None, :]
-            m2 = cvalid[:, None] & inside[None, :]
-            kk = tl.load(base + kch[:, None] + koff, mask=m2, other=0.).to(tl.float32)
-            vv = tl.load(base + vch[:, None] + koff, mask=m2, other=0.).to(tl.float32)
-            s = tl.sum(q * (kk + (rel_a + rel_b)[:, None]), axis=0)
-            if MASKED:
-                s = tl.where(inside, s, float('-inf'))
+            e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+            kk, inside = _shifted(base, kch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
+            vv, _ = _shifted(base, vch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
+            s = _logit(q, kk, e, inside, MASKED)
             m_new = tl.maximum(m_i, s)
             alpha = tl.exp(m_i - m_new)
             pe = tl.exp(s - m_new)
@@ -78,23 +96,13 @@ def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
     tl.store(lse_ptr + pix_off, lse, mask=pvalid)
     if WEIGHTS:  # second pass: exp(logit - lse) into weights[b, n, a*K+b, i, j]
         for a in range(K):
-            ki = i + (a - K // 2)
-            rowok = (ki >= 0) & (ki < H)
-            rel_a = tl.load(rel_h_ptr + a * srh_k + rel_a_off, mask=hmask, other=0.).to(tl.float32)
             for bb in range(K):
-                kj = j + (bb - K // 2)
-                inside = rowok & (kj >= 0) & (kj < W)
-                rel_b = tl.load(rel_w_ptr + bb * srw_k + rel_b_off, mask=wmask, other=0.).to(tl.float32)
-                koff = (ki * s_h + kj * s_w)[None, :]
-                kk = tl.load(base + kch[:, None] + koff, mask=cvalid[:, None] & inside[None, :], other=0.).to(tl.float32)
-                s = tl.sum(q * (kk + (rel_a + rel_b)[:, None]), axis=0)
-                if MASKED:
-                    s = tl.where(inside, s, float('-inf'))
-                p = tl.exp(s - lse)
-                wptr = wts_ptr + (bn.to(tl.int64) * (K * K) + a * K + bb) * H * W + i * W + j
-                tl.store(wptr, p, mask=pvalid)
+                e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+                kk, inside = _shifted(base, kch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
+                p = tl.exp(_logit(q, kk, e, inside, MASKED) - lse)
+                tl.store(wts_ptr + (bn.to(tl.int64) * (K * K) + a * K + bb) * H * W + i * W + j, p, mask=pvalid)
 
-# %% ../nbs/03_triton.ipynb #891f14d8
+# %% ../nbs/03_triton.ipynb #b5636b62
 @triton.jit(do_not_specialize=_NO_SPEC + ['n_tiles'])
 def _sasa_bwd_q_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, dout_ptr, lse_ptr, dsum_ptr, dqkv_ptr, part_ptr,
                        H, W, C, NH, n_tw, n_tiles,
@@ -105,32 +113,15 @@ def _sasa_bwd_q_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, dout_ptr, lse_ptr
                        srh_k, srh_n, srh_c, srw_k, srw_n, srw_c,
                        D: tl.constexpr, D_PAD: tl.constexpr, K: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                        MASKED: tl.constexpr):
-    tile = tl.program_id(0)
-    bn = tl.program_id(1)
-    b = bn // NH
-    n = bn % NH
-    pix = tl.arange(0, TH * TW)
-    i = (tile // n_tw) * TH + pix // TW
-    j = (tile % n_tw) * TW + pix % TW
-    pvalid = (i < H) & (j < W)
-    c = tl.arange(0, D_PAD)
-    cvalid = c < D
+    tile, bn, b, n, i, j, pvalid, c, cvalid = _tile(H, W, NH, n_tw, D, D_PAD, TH, TW)
+    hmask, wmask, rel_a_off, rel_b_off = _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D)
     base = qkv_ptr + b.to(tl.int64) * s_b
     qch = (n * D + c) * s_c
     kch = qch + C * s_c
     vch = kch + C * s_c
-    hmask = c < D // 2
-    wmask = (c >= D // 2) & cvalid
-    rel_a_off = n * srh_n + tl.where(hmask, c, 0) * srh_c
-    rel_b_off = n * srw_n + tl.where(wmask, c - D // 2, 0) * srw_c
-    m2q = cvalid[:, None] & pvalid[None, :]
-    hw = (n * D + c)[:, None]
-
-    q = tl.load(base + qch[:, None] + (i * s_h + j * s_w)[None, :], mask=m2q, other=0.).to(tl.float32)
-    o = tl.load(out_ptr + b.to(tl.int64) * so_b + hw * so_c + (i * so_h + j * so_w)[None, :],
-                mask=m2q, other=0.).to(tl.float32)
-    do = tl.load(dout_ptr + b.to(tl.int64) * sd_b + hw * sd_c + (i * sd_h + j * sd_w)[None, :],
-                 mask=m2q, other=0.).to(tl.float32)
+    q, _ = _shifted(base, qch, i, j, 0, 0, H, W, s_h, s_w, cvalid)
+    o, _ = _shifted(out_ptr + b.to(tl.int64) * so_b, (n * D + c) * so_c, i, j, 0, 0, H, W, so_h, so_w, cvalid)
+    do, _ = _shifted(dout_ptr + b.to(tl.int64) * sd_b, (n * D + c) * sd_c, i, j, 0, 0, H, W, sd_h, sd_w, cvalid)
     dsum = tl.sum(o * do, axis=0)
     pix_off = bn.to(tl.int64) * H * W + i * W + j
     tl.store(dsum_ptr + pix_off, dsum, mask=pvalid)
@@ -138,31 +129,18 @@ def _sasa_bwd_q_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, dout_ptr, lse_ptr
     dq = tl.zeros([D_PAD, TH * TW], tl.float32)
     part = part_ptr + (bn.to(tl.int64) * n_tiles + tile) * (K * K * D_PAD) + c
     for a in range(K):
-        ki = i + (a - K // 2)
-        rowok = (ki >= 0) & (ki < H)
-        rel_a = tl.load(rel_h_ptr + a * srh_k + rel_a_off, mask=hmask, other=0.).to(tl.float32)
         for bb in range(K):
-            kj = j + (bb - K // 2)
-            inside = rowok & (kj >= 0) & (kj < W)
-            rel_b = tl.load(rel_w_ptr + bb * srw_k + rel_b_off, mask=wmask, other=0.).to(tl.float32)
-            koff = (ki * s_h + kj * s_w)[None, :]
-            m2 = cvalid[:, None] & inside[None, :]
-            kk = tl.load(base + kch[:, None] + koff, mask=m2, other=0.).to(tl.float32)
-            vv = tl.load(base + vch[:, None] + koff, mask=m2, other=0.).to(tl.float32)
-            ke = kk + (rel_a + rel_b)[:, None]
-            s = tl.sum(q * ke, axis=0)
-            ok = pvalid
-            if MASKED:
-                ok = ok & inside
-            p = tl.where(ok, tl.exp(s - lse), 0.)
-            dp = tl.sum(do * vv, axis=0)
-            ds = p * (dp - dsum)
-            dq += ds[None, :] * ke
+            e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+            kk, inside = _shifted(base, kch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
+            vv, _ = _shifted(base, vch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
+            p = tl.where(pvalid, tl.exp(_logit(q, kk, e, inside, MASKED) - lse), 0.)  # (0 where masked: exp(-inf))
+            ds = p * (tl.sum(do * vv, axis=0) - dsum)
+            dq += ds[None, :] * (kk + e[:, None])
             tl.store(part + (a * K + bb) * D_PAD, tl.sum(q * ds[None, :], axis=1))
-    gptr = dqkv_ptr + b.to(tl.int64) * sg_b + hw * sg_c + (i * sg_h + j * sg_w)[None, :]
-    tl.store(gptr, dq.to(dqkv_ptr.dtype.element_ty), mask=m2q)
+    gptr = dqkv_ptr + b.to(tl.int64) * sg_b + ((n * D + c) * sg_c)[:, None] + (i * sg_h + j * sg_w)[None, :]
+    tl.store(gptr, dq.to(dqkv_ptr.dtype.element_ty), mask=cvalid[:, None] & pvalid[None, :])
 
-# %% ../nbs/03_triton.ipynb #91a7f1bb
+# %% ../nbs/03_triton.ipynb #e9798881
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _sasa_bwd_kv_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, dout_ptr, lse_ptr, dsum_ptr, dqkv_ptr,
                         H, W, C, NH, n_tw,
@@ -171,57 +149,36 @@ def _sasa_bwd_kv_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, dout_ptr, lse_ptr, dsum_p
                         sg_b, sg_c, sg_h, sg_w,      # dqkv strides
                         srh_k, srh_n, srh_c, srw_k, srw_n, srw_c,
                         D: tl.constexpr, D_PAD: tl.constexpr, K: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
-    tile = tl.program_id(0)
-    bn = tl.program_id(1)
-    b = bn // NH
-    n = bn % NH
-    pix = tl.arange(0, TH * TW)
-    i = (tile // n_tw) * TH + pix // TW
-    j = (tile % n_tw) * TW + pix % TW
-    pvalid = (i < H) & (j < W)
-    c = tl.arange(0, D_PAD)
-    cvalid = c < D
+    tile, bn, b, n, i, j, pvalid, c, cvalid = _tile(H, W, NH, n_tw, D, D_PAD, TH, TW)
+    hmask, wmask, rel_a_off, rel_b_off = _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D)
     base = qkv_ptr + b.to(tl.int64) * s_b
     qch = (n * D + c) * s_c
     kch = qch + C * s_c
     vch = kch + C * s_c
-    hmask = c < D // 2
-    wmask = (c >= D // 2) & cvalid
-    rel_a_off = n * srh_n + tl.where(hmask, c, 0) * srh_c
-    rel_b_off = n * srw_n + tl.where(wmask, c - D // 2, 0) * srw_c
-    m2u = cvalid[:, None] & pvalid[None, :]
-    dbase = dout_ptr + b.to(tl.int64) * sd_b + ((n * D + c) * sd_c)[:, None]
+    dbase = dout_ptr + b.to(tl.int64) * sd_b
     lbase = bn.to(tl.int64) * H * W
-
-    uoff = (i * s_h + j * s_w)[None, :]
-    kk = tl.load(base + kch[:, None] + uoff, mask=m2u, other=0.).to(tl.float32)
-    vv = tl.load(base + vch[:, None] + uoff, mask=m2u, other=0.).to(tl.float32)
+    kk, _ = _shifted(base, kch, i, j, 0, 0, H, W, s_h, s_w, cvalid)
+    vv, _ = _shifted(base, vch, i, j, 0, 0, H, W, s_h, s_w, cvalid)
     dk = tl.zeros([D_PAD, TH * TW], tl.float32)
     dv = tl.zeros([D_PAD, TH * TW], tl.float32)
     for a in range(K):
-        ti = i + (K // 2 - a)
-        rowok = (ti >= 0) & (ti < H) & pvalid
-        rel_a = tl.load(rel_h_ptr + a * srh_k + rel_a_off, mask=hmask, other=0.).to(tl.float32)
         for bb in range(K):
-            tj = j + (K // 2 - bb)
-            tvalid = rowok & (tj >= 0) & (tj < W)
-            rel_b = tl.load(rel_w_ptr + bb * srw_k + rel_b_off, mask=wmask, other=0.).to(tl.float32)
-            m2 = cvalid[:, None] & tvalid[None, :]
-            qt = tl.load(base + qch[:, None] + (ti * s_h + tj * s_w)[None, :], mask=m2, other=0.).to(tl.float32)
-            dot = tl.load(dbase + (ti * sd_h + tj * sd_w)[None, :], mask=m2, other=0.).to(tl.float32)
-            toff = lbase + ti * W + tj
+            e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+            qt, tvalid = _shifted(base, qch, i, j, K // 2 - a, K // 2 - bb, H, W, s_h, s_w, cvalid)
+            dot, _ = _shifted(dbase, (n * D + c) * sd_c, i, j, K // 2 - a, K // 2 - bb, H, W, sd_h, sd_w, cvalid)
+            tvalid = tvalid & pvalid
+            toff = lbase + (i + K // 2 - a) * W + (j + K // 2 - bb)
             lt = tl.load(lse_ptr + toff, mask=tvalid, other=0.)
             dst = tl.load(dsum_ptr + toff, mask=tvalid, other=0.)
-            s = tl.sum(qt * (kk + (rel_a + rel_b)[:, None]), axis=0)
-            p = tl.where(tvalid, tl.exp(s - lt), 0.)
+            p = tl.where(tvalid, tl.exp(_logit(qt, kk, e, tvalid, False) - lt), 0.)
             dv += p[None, :] * dot
             ds = p * (tl.sum(dot * vv, axis=0) - dst)
             dk += ds[None, :] * qt
     gptr = dqkv_ptr + b.to(tl.int64) * sg_b + ((n * D + c) * sg_c)[:, None] + (i * sg_h + j * sg_w)[None, :]
-    tl.store(gptr + C * sg_c, dk.to(dqkv_ptr.dtype.element_ty), mask=m2u)
-    tl.store(gptr + 2 * C * sg_c, dv.to(dqkv_ptr.dtype.element_ty), mask=m2u)
+    tl.store(gptr + C * sg_c, dk.to(dqkv_ptr.dtype.element_ty), mask=cvalid[:, None] & pvalid[None, :])
+    tl.store(gptr + 2 * C * sg_c, dv.to(dqkv_ptr.dtype.element_ty), mask=cvalid[:, None] & pvalid[None, :])
 
-# %% ../nbs/03_triton.ipynb #3c37cc2f
+# %% ../nbs/03_triton.ipynb #1e46a26a
 _interpreted = {}  # id(JITFunction) -> (JITFunction, InterpretedFunction)
 
 
@@ -269,7 +226,7 @@ def _launch(kernel, grid, device, *args, **kwargs):
                 if now.get(k, _interpreted) is not v:
                     setattr(o, k, v)
 
-# %% ../nbs/03_triton.ipynb #d29f5b23
+# %% ../nbs/03_triton.ipynb #cc282323
 def _pow2(x): return 1 << max(0, int(x) - 1).bit_length()
 
 
@@ -326,7 +283,7 @@ def _tiles(H, W, d_pad, backward, tile_h, tile_w, num_warps):
     n_tw = triton.cdiv(W, tw)
     return th, tw, nw, n_tw, triton.cdiv(H, th) * n_tw
 
-# %% ../nbs/03_triton.ipynb #019e384d
+# %% ../nbs/03_triton.ipynb #83ed3768
 def triton_forward(qkv, rel_h, rel_w, num_heads, masked=False, inference=False, *,
                    tile_h=None, tile_w=None, num_warps=None):
     """SASA forward. `qkv` [B, 3C, H, W] (any strides; q, k, v = channel thirds, head-major), `rel_h`, `rel_w`
