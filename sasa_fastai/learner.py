@@ -31,9 +31,9 @@ from .visualize import attention_maps  # patches Learner.attention_maps
 __all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'check_batches', 'get_learner', 'PlainTableLogger', 'distrib_training',
            'StopOnInterrupt', 'TrainingInterrupted', 'file_sizes', 'train']
 
-# %% ../nbs/13_learner.ipynb #bf29ea82
+# %% ../nbs/13_learner.ipynb #10a03f4c
 DEFAULT_LR = 4e-3
-DEMO = dict(arch='sasa_resnet26', size=48, bs=16, lr=3e-3, epochs=5, seed=42)  # `make demo`: see tools/demo_sweep.py
+DEMO = dict(arch='sasa_resnet26', size=48, bs=16, lr=3e-3, epochs=12, seed=42)  # `make demo`: see tools/demo_sweep.py
 
 def arch_fn(arch # a name from `ARCHS`, or a model constructor
            ):

@@ -27,6 +27,12 @@ def _tile(H, W, NH, n_tw, D: tl.constexpr, D_PAD: tl.constexpr, TH: tl.constexpr
     return tile, bn, bn // NH, bn % NH, i, j, (i < H) & (j < W), c, c < D
 
 @triton.jit
+def _planes(qkv_ptr, b, n, c, C, s_b, s_c, D: tl.constexpr):
+    "Image `b`'s base pointer in `qkv`, and the channel offsets of head `n`'s queries, keys and values."
+    qch = (n * D + c) * s_c
+    return qkv_ptr + b.to(tl.int64) * s_b, qch, qch + C * s_c, qch + 2 * C * s_c
+
+@triton.jit
 def _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D: tl.constexpr):
     "Head `n`'s tables: the row table pairs with q[:d/2], the column table with q[d/2:] (masks and offsets)."
     hmask = c < D // 2
@@ -67,10 +73,7 @@ def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
                      MASKED: tl.constexpr, WEIGHTS: tl.constexpr):
     tile, bn, b, n, i, j, pvalid, c, cvalid = _tile(H, W, NH, n_tw, D, D_PAD, TH, TW)
     hmask, wmask, rel_a_off, rel_b_off = _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D)
-    base = qkv_ptr + b.to(tl.int64) * s_b
-    qch = (n * D + c) * s_c
-    kch = qch + C * s_c
-    vch = kch + C * s_c
+    base, qch, kch, vch = _planes(qkv_ptr, b, n, c, C, s_b, s_c, D)
     q, _ = _shifted(base, qch, i, j, 0, 0, H, W, s_h, s_w, cvalid)
     m_i = tl.full([TH * TW], -1.0e30, tl.float32)
     l_i = tl.zeros([TH * TW], tl.float32)
@@ -115,10 +118,7 @@ def _sasa_bwd_q_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, dout_ptr, lse_ptr
                        MASKED: tl.constexpr):
     tile, bn, b, n, i, j, pvalid, c, cvalid = _tile(H, W, NH, n_tw, D, D_PAD, TH, TW)
     hmask, wmask, rel_a_off, rel_b_off = _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D)
-    base = qkv_ptr + b.to(tl.int64) * s_b
-    qch = (n * D + c) * s_c
-    kch = qch + C * s_c
-    vch = kch + C * s_c
+    base, qch, kch, vch = _planes(qkv_ptr, b, n, c, C, s_b, s_c, D)
     q, _ = _shifted(base, qch, i, j, 0, 0, H, W, s_h, s_w, cvalid)
     o, _ = _shifted(out_ptr + b.to(tl.int64) * so_b, (n * D + c) * so_c, i, j, 0, 0, H, W, so_h, so_w, cvalid)
     do, _ = _shifted(dout_ptr + b.to(tl.int64) * sd_b, (n * D + c) * sd_c, i, j, 0, 0, H, W, sd_h, sd_w, cvalid)
@@ -151,10 +151,7 @@ def _sasa_bwd_kv_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, dout_ptr, lse_ptr, dsum_p
                         D: tl.constexpr, D_PAD: tl.constexpr, K: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
     tile, bn, b, n, i, j, pvalid, c, cvalid = _tile(H, W, NH, n_tw, D, D_PAD, TH, TW)
     hmask, wmask, rel_a_off, rel_b_off = _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D)
-    base = qkv_ptr + b.to(tl.int64) * s_b
-    qch = (n * D + c) * s_c
-    kch = qch + C * s_c
-    vch = kch + C * s_c
+    base, qch, kch, vch = _planes(qkv_ptr, b, n, c, C, s_b, s_c, D)
     dbase = dout_ptr + b.to(tl.int64) * sd_b
     lbase = bn.to(tl.int64) * H * W
     kk, _ = _shifted(base, kch, i, j, 0, 0, H, W, s_h, s_w, cvalid)
