@@ -5,8 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_QUIET := 2>&1 | grep -v -e '^WARNING: Location' -e '^$$' || true
-# OpenMP threads sleep instead of spinning when idle: under contention spinning made steps 30-50x slower.
-export OMP_WAIT_POLICY ?= PASSIVE
 FLAGS ?=
 
 .PHONY: test demo demo-sweep bench gpu-check readme sync-check readme-check lint nbtest clean-venv
@@ -38,7 +36,8 @@ lint:
 	@python3 tools/lint.py
 
 nbtest: $(STAMP)
-	@cd nbs && OMP_NUM_THREADS=1 ../$(VENV)/bin/nbdev_test --do_print --timing --flags "$(FLAGS)" 2>&1 | tee ../.nbtest.log; \
+	@# OpenMP threads sleep instead of spinning when idle: with notebooks in parallel, spinning made steps 30-50x slower
+	@cd nbs && OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE ../$(VENV)/bin/nbdev_test --do_print --timing --flags "$(FLAGS)" 2>&1 | tee ../.nbtest.log; \
 	rc=$$?; cd ..; \
 	total=$$(grep -c '^Starting' .nbtest.log); \
 	failed=$$(sed -n '/Tests Failed On The Following Notebooks/,$$p' .nbtest.log | grep -c $$'^\t'); \

@@ -239,7 +239,7 @@ def train(data='digits', # dataset name, image folder (either layout) or `DataLo
     learn.logger = print  # drop the loggers the fit callbacks chained (a closed CSV file cannot be exported)
     if not main: return None
     files = [out / 'export.pkl', out / 'weights.pth', out / 'history.csv', out / 'loss.png', out / 'checkpoint.pth']
-    atomic_write(files[0], lambda tmp: learn.export(tmp))
+    atomic_write(files[0], lambda tmp: learn.export(tmp.absolute()))  # (fastai exports to learn.path / fname)
     save_weights(learn, files[1])
     _save_loss_plot(learn, files[3], f'{arch} on {data}: loss')
     acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]

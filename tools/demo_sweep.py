@@ -28,6 +28,7 @@ def main():
     exe = Path(sys.executable).parent / 'sasa_train'
     flags = [s for k, v in recipe.items() for s in (f'--{k}', str(v))]
     env = {**os.environ, 'OMP_NUM_THREADS': str(a.threads), 'CUDA_VISIBLE_DEVICES': ''}
+    env.pop('OMP_WAIT_POLICY', None)  # OpenMP's default, as in `make demo` (a single process: spinning is faster)
     rows, t0 = [], time.time()
     for seed in a.seeds:
         out = Path(tempfile.mkdtemp(prefix='demo_sweep_'))

@@ -23,6 +23,7 @@ def render(nb_path=root / 'nbs' / 'index.ipynb'):
             c.source = '\n'.join(l for l in c.source.splitlines() if not l.lstrip().startswith('#|')).strip()
         cells.append(c)
     nb.cells = cells
+    nb.metadata['language_info'] = {'name': 'python'}  # code blocks fenced as python
     body, _ = MarkdownExporter().from_notebook_node(nb)
     header = '<!-- Generated from nbs/index.ipynb by tools/make_readme.py (make readme): do not edit by hand -->\n\n'
     return header + re.sub(r'\n{3,}', '\n\n', body).strip() + '\n'
