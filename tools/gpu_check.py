@@ -93,8 +93,9 @@ def agreement(device, tiny):
     return head + rows, ok_all
 
 
-def _line(name, r):
-    if 'error' in r: return f'| {name} | error: {r["error"]} | | | |'
+def _line(name, r, blanks=2):
+    "One table row of a `run_case` result; an error fills the row with `blanks` empty cells after the message."
+    if 'error' in r: return f'| {name} | error: {r["error"]} |' + ' |' * blanks
     return f"| {name} | {r['time_ms']:.2f} | {r['first_ms'] / 1e3:.1f} | {r['peak_mib']:.0f} |"
 
 
@@ -105,18 +106,18 @@ def target(label, value, op, limit):
 
 def layers(device, tiny, repeats, warmup):
     "The layer cases: markdown, target lines, whether a case failed."
-    B, shapes = (2, [(16, 8, 2)]) if tiny else (64, [(64, 56, 8), (256, 14, 8)])
+    B, k, shapes = (2, 3, [(16, 8, 2)]) if tiny else (64, 7, [(64, 56, 8), (256, 14, 8)])
     kw = dict(amp='bf16' if device == 'cuda' else None, channels_last=device == 'cuda')
-    md = [f'| layer, fwd+bwd (batch {B}, k=7, {"bf16, channels-last" if kw["amp"] else "fp32"}) | median ms | '
+    md = [f'| layer, fwd+bwd (batch {B}, k={k}, {"bf16, channels-last" if kw["amp"] else "fp32"}) | median ms | '
           'first call s | peak MiB |', '|---|---:|---:|---:|']
     res, failed = {}, False
     for C, H, N in shapes:
         for impl in ('ours', 'conv'):
-            spec = layer_case(impl, C, H, 'fwdbwd', batch=B, kernel_size=3 if tiny else 7, num_heads=N, **kw)
+            spec = layer_case(impl, C, H, 'fwdbwd', batch=B, kernel_size=k, num_heads=N, **kw)
             r = res[C, impl] = run_case(spec, device, warmup=warmup, repeats=repeats)
             failed |= 'error' in r
-            md.append(_line(f"{'SASA2d (' + r.get('backend', '?') + ')' if impl == 'ours' else 'conv 3x3'} C={C} @ "
-                            f"{H}x{H} (d={C // N})", r))
+            name = f"SASA2d ({r.get('backend', '?')}), d={C // N}" if impl == 'ours' else 'conv 3x3'
+            md.append(_line(f'{name}, C={C} @ {H}x{H}', r))
             print(md[-1], file=sys.stderr, flush=True)
     C = shapes[0][0]
     t = lambda i: res[C, i].get('time_ms')
@@ -136,7 +137,7 @@ def models(device, tiny, repeats, warmup):
         r = res[arch] = run_case(model_case(arch, 'train', size=size, batch=batch, n_out=n_out, **kw), device,
                                  warmup=warmup, repeats=repeats)
         failed |= 'error' in r
-        md.append(_line(arch, r)[:-1] + (' |' if 'error' in r else f" {r['images_per_s']:.0f} |"))
+        md.append(_line(arch, r, blanks=3) + ('' if 'error' in r else f" {r['images_per_s']:.0f} |"))
         print(md[-1], file=sys.stderr, flush=True)
     get = lambda a, k: res[a].get(k)
     div = lambda a, b: a / b if a and b else None
@@ -193,7 +194,7 @@ def main():
     failed, targets, t0 = False, [], time.time()
     sections = [('agree', 'Agreement with the reference backend', None),
                 ('layers', 'Layers', layers), ('models', 'ResNet-50 training step', models),
-                ('train', 'A training run on CUDA', None)]
+                ('train', f'A sasa_train run on the digits ({a.device})', None)]
     for key, title, fn in sections:
         if key in a.skip: continue
         print(f'{title} ... ({time.time() - t0:.0f} s)', file=sys.stderr, flush=True)
