@@ -4,7 +4,6 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PIP_QUIET := 2>&1 | grep -v -e '^WARNING: Location' -e '^$$' || true
 FLAGS ?=
 
 .PHONY: test demo demo-sweep bench gpu-check readme sync-check readme-check lint nbtest clean-venv

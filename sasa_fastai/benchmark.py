@@ -4,12 +4,10 @@
 
 # %% ../nbs/15_benchmark.ipynb #aa49d461
 from __future__ import annotations
-import warnings
-from .checks import moved
 import contextlib, ctypes, gc, json, os, platform, resource, statistics, subprocess, sys, time
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
-from .checks import check_choice, check_int, check_positive, invalid
+from .checks import check_choice, check_int, check_positive, invalid, moved
 from .attention import pick_backend
 from .layers import SASA2d
 from .models import ARCHS
@@ -17,8 +15,8 @@ from .checkpoint import atomic_write
 
 # %% auto #0
 __all__ = ['IMPLS', 'LAYER_SHAPES', 'BENCH_ENV', 'BENCH_ARCHS', 'layer_case', 'model_case', 'case_name', 'make_step', 'measure',
-           'run_case', 'bench_cases', 'layer_markdown', 'model_markdown', 'check_targets', 'targets_text', 'cpu_name',
-           'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
+           'run_case', 'bench_cases', 'layer_markdown', 'model_markdown', 'target', 'targets_text', 'check_targets',
+           'cpu_name', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
 IMPLS = ('ours', 'reference', 'conv')
@@ -253,8 +251,25 @@ def model_markdown(results):
     return '\n'.join(out)
 
 # %% ../nbs/15_benchmark.ipynb #5342310f
+def target(label, # what is measured, e.g. 'sasa_resnet26 / resnet26 training step time'
+           value, # the measured value, or None if it was not measured
+           op, # '>=' or '<='
+           limit, # what `value` must reach
+           unit='x' # unit of `value` and `limit` in the text, e.g. 'x' for a ratio or ' s'
+          ) -> dict:
+    "One target and its status: PASS, MISS, or SKIP when `value` was not measured."
+    status = 'SKIP' if value is None else 'PASS' if (value >= limit if op == '>=' else value <= limit) else 'MISS'
+    return dict(target=label, value=value, op=op, limit=limit, unit=unit, status=status)
+
+def targets_text(targets):
+    "One line per target."
+    num = lambda v, u: '—' if v is None else (str(v) if isinstance(v, int) else f'{v:.2f}' if abs(v) >= 0.1
+                                               else f'{v:.3f}') + u
+    return '\n'.join(f"{t['status']:4}  {t['target']} = {num(t['value'], t.get('unit', 'x'))} (target {t['op']} "
+                     f"{t['limit']}{t.get('unit', 'x')})" for t in targets)
+
 def check_targets(results, conv='resnet26', sasa='sasa_resnet26'):
-    "The CPU targets: (description, measured value, op, limit, PASS/MISS/SKIP) for each."
+    "The CPU targets of `results`, each a `target`."
     L = lambda impl, key: _val(results, key, kind='layer', impl=impl, C=64, H=40, mode='fwdbwd', batch=8,
                                kernel_size=7, num_heads=8)
     M = lambda arch, key: _val(results, key, kind='model', arch=arch, mode='train', size=160, batch=8, amp=None)
@@ -265,13 +280,7 @@ def check_targets(results, conv='resnet26', sasa='sasa_resnet26'):
             (f'{lay} time, ours / conv3x3', _ratio(L('ours', 'time_ms'), L('conv', 'time_ms')), '<=', 3),
             (f'{sasa} / {conv} training step time', _ratio(M(sasa, 'time_ms'), M(conv, 'time_ms')), '<=', 1.5),
             (f'{sasa} / {conv} training step peak memory', _ratio(M(sasa, 'peak_mib'), M(conv, 'peak_mib')), '<=', 1.2)]
-    ok = lambda v, op, lim: 'SKIP' if v is None else 'PASS' if (v >= lim if op == '>=' else v <= lim) else 'MISS'
-    return [dict(target=t, value=v, op=op, limit=lim, status=ok(v, op, lim)) for t, v, op, lim in rows]
-
-def targets_text(targets):
-    "One line per target."
-    return '\n'.join(f"{t['status']:4}  {t['target']} = {_x(t['value'])} (target {t['op']} {t['limit']}x)"
-                     for t in targets)
+    return [target(*r) for r in rows]
 
 # %% ../nbs/15_benchmark.ipynb #ea17cff0
 def cpu_name():

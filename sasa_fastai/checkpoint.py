@@ -59,12 +59,11 @@ def read_plain(path, # the file to read
     "`torch.load(path, weights_only=True)`, with a `ValueError` naming `path` when the file cannot be read so."
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError: raise
-    except pickle.UnpicklingError as e:
-        if 'GLOBAL' in str(e):  # a class or function to import: not plain data
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # a class or function to import
             raise ValueError(f'{path} is not {what}: it holds Python objects, which could run code when loaded, so '
                              f'it was refused. {fix}') from None
         raise ValueError(f'{path} is damaged (truncated?) or not {what}: {fix}') from None
-    except Exception: raise ValueError(f'{path} is damaged (truncated?) or not {what}: {fix}') from None
 
 # %% ../nbs/11_checkpoint.ipynb #2b973c93
 WEIGHTS_FORMAT = 'sasa_fastai.weights/2'
@@ -96,14 +95,17 @@ def load_weights(path, # a file written by `save_weights`
     return model.eval(), data['vocab']
 
 # %% ../nbs/11_checkpoint.ipynb #78e8f338
+def _loader_rngs(learn):
+    "The random generators of the data loaders (and of the loaders they wrap, as DDP's do), `None` where absent."
+    return ([getattr(dl, 'rng', None) for dl in learn.dls.loaders] +
+            [getattr(getattr(dl, 'dl', None), 'rng', None) for dl in learn.dls.loaders])
+
 def _rng_states(learn):
-    loaders = [getattr(dl, 'rng', None) for dl in learn.dls.loaders] + \
-              [getattr(getattr(dl, 'dl', None), 'rng', None) for dl in learn.dls.loaders]
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {'python': random.getstate(), 'numpy': [kind, keys.tolist(), pos, has_gauss, gauss],
             'torch': torch.get_rng_state(),
             'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            'loaders': [r.getstate() if r is not None else None for r in loaders]}
+            'loaders': [r.getstate() if r is not None else None for r in _loader_rngs(learn)]}
 
 def _set_rng_states(learn, st):
     random.setstate(st['python'])
@@ -111,9 +113,7 @@ def _set_rng_states(learn, st):
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(st['torch'])
     if st['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
-    loaders = [getattr(dl, 'rng', None) for dl in learn.dls.loaders] + \
-              [getattr(getattr(dl, 'dl', None), 'rng', None) for dl in learn.dls.loaders]
-    for r, s in zip(loaders, st['loaders']):
+    for r, s in zip(_loader_rngs(learn), st['loaders']):
         if r is not None and s is not None: r.setstate(s)
 
 def _tuplify(o):
@@ -133,7 +133,7 @@ class TrainingCheckpoint(Callback):
         self.stop_after = int(os.environ[STOP_ENV]) if os.environ.get(STOP_ENV) else None
 
     def before_fit(self):
-        self.rows, self.losses, self.lrs, self.iters = [], [], [], []
+        self.rows, self.iters = [], []
         st = self.state
         if st is None: return
         h, rec = st['history'], self.recorder

@@ -5,11 +5,13 @@
 # %% ../nbs/00_checks.ipynb #817eacbe
 from __future__ import annotations
 import math, numbers, os, tempfile, warnings, importlib
+from collections.abc import Sequence
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MIN_SIZE', 'invalid', 'check_int', 'check_positive', 'check_number', 'check_fraction', 'check_choice',
-           'check_sasa_args', 'check_size', 'check_seed', 'check_file', 'writable_folder', 'writable_file', 'moved']
+__all__ = ['MIN_SIZE', 'invalid', 'check_int', 'check_positive', 'check_positives', 'check_number', 'check_fraction',
+           'check_choice', 'check_sasa_args', 'check_size', 'check_seed', 'check_file', 'writable_folder',
+           'writable_file', 'moved']
 
 # %% ../nbs/00_checks.ipynb #ded411ce
 def invalid(name, # the argument's name, as the user writes it
@@ -33,6 +35,18 @@ def check_int(name, # the argument's name
 def check_positive(name, value, what=''):
     "`value` if it is a positive integer; `what` (e.g. '(the number of classes)') completes the message."
     return check_int(name, value, lambda o: o > 0, 'a positive integer' + (f' {what}' if what else ''))
+
+# %% ../nbs/00_checks.ipynb #833707f3
+def check_positives(name, # the argument's name
+                    value, # the value given
+                    n, # how many integers there must be
+                    example # a valid value, for the message, e.g. '[3, 4, 6, 3]'
+                   ) -> list:
+    "`value` as a list if it is a sequence of `n` positive integers (no `bool`s); else `invalid(...)`."
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) == n:
+        try: return [check_positive(name, o) for o in value]
+        except ValueError: pass
+    raise invalid(name, value, f'{n} positive integers, e.g. {example}')
 
 # %% ../nbs/00_checks.ipynb #bb9f8d96
 def check_number(name, # the argument's name

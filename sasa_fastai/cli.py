@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex, shutil, sys, warnings
 from pathlib import Path
 from fastcore.script import call_parse, is_cli, store_true, Param
+from .checks import invalid  # (light: the commands import torch and fastai only when they run)
 
 # %% auto #0
 __all__ = ['EXIT_USAGE', 'EXIT_INTERRUPTED', 'EXIT_STATUS', 'run_command', 'parse_attention', 'sasa_train', 'load_model',
@@ -64,7 +65,7 @@ def parse_attention(s):
     if t in ('none', 'false', ''): return False
     parts = [p.strip() for p in t.split(',')]
     if all(p.isdigit() for p in parts): return [int(p) for p in parts]
-    raise ValueError(f'attention={s!r} is not valid: attention must be stage numbers such as "2,3,4", "all" or "none"')
+    raise invalid('attention', s, 'stage numbers such as "2,3,4", "all" or "none"')
 
 # %% ../nbs/16_cli.ipynb #0c65597c
 def _train(data, arch, size, bs, epochs, lr, seed, out, valid_pct, attention, stem, kernel_size, num_heads, resume):

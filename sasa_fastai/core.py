@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch, torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['project', 'project_backward', 'split_heads', 'rel_logits', 'reference_logits', 'reference_backend', 'shift_backend',
-           'attention_inputs', 'rel_err', 'kernel_errors']
+__all__ = ['project', 'project_backward', 'split_heads', 'memory_format', 'rel_logits', 'reference_logits', 'reference_backend',
+           'shift_backend', 'attention_inputs', 'rel_err', 'kernel_errors']
 
 # %% ../nbs/01_core.ipynb #a782ffa9
 def project(x, # input `[B, ni, H, W]`
@@ -30,6 +30,13 @@ def split_heads(qkv, # `[B, 3C, H, W]`, the output of `project`
                ):
     "Views `q, k, v`, each `[B, N, d, H, W]`, of one projection output (no copy)."
     return qkv.unflatten(1, (3, num_heads, -1)).unbind(1)
+
+# %% ../nbs/01_core.ipynb #bd716646
+def memory_format(x # a tensor
+                 ):
+    "The memory format of a kernel's 4-D outputs: channels-last when `x` is (and is not also NCHW), else contiguous."
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 # %% ../nbs/01_core.ipynb #14c82b79
 def rel_logits(q, # queries `[B, N, d, *spatial]`

@@ -4,9 +4,7 @@
 
 # %% ../nbs/13_learner.ipynb #3b983fcd
 from __future__ import annotations
-import warnings
-from .checks import moved
-import os, signal, sys, threading, time
+import signal, sys, threading
 from contextlib import nullcontext
 from pathlib import Path
 import torch
@@ -20,8 +18,9 @@ from fastai.callback.fp16 import to_fp16, to_bf16  # patches Learner.to_fp16/to_
 from fastai.losses import LabelSmoothingCrossEntropy
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.torch_core import set_seed
-from .checks import check_choice, check_number, check_positive, check_seed, writable_folder
-from .models import ARCHS, ResNet
+from .checks import MIN_SIZE, check_choice, check_number, check_positive, check_seed, check_size, invalid
+from .checks import moved, writable_folder
+from .models import ARCHS
 from .data import get_dls, dist_env
 from .checkpoint import (TrainingCheckpoint, atomic_write, save_weights, load_checkpoint,
                                     restore_checkpoint)
@@ -44,18 +43,15 @@ def arch_fn(arch # a name from `ARCHS`, or a model constructor
 def _check_model(make, sasa, size):
     "Build the model on the meta device (no memory, no data needed): its own checks run, and `size` is compared."
     with torch.device('meta'): model = make(n_out=2, n_in=3, **sasa)
-    min_size = getattr(model, 'min_size', 32)
-    if size is not None and size < min_size:
-        raise ValueError(f'size={size!r} is not valid: size must be >= {min_size} for '
-                         f'{getattr(make, "__name__", make)} (its total downsampling)')
+    min_size = getattr(model, 'min_size', MIN_SIZE)
+    check_size(size, min_size, f'{getattr(make, "__name__", "the model")} downsamples {min_size}x')
 
 def check_batches(dl, bs, world=1):
     "A training set smaller than one batch would train on nothing (fastai drops the last partial batch): refuse it."
     n = len(dl.dataset) // world
     if n < bs and getattr(dl, 'drop_last', True):
         share = f' per process ({len(dl.dataset)} images, {world} processes)' if world > 1 else ''
-        raise ValueError(f'bs={bs!r} is not valid: the training set has only {n} images{share}, not one full batch; '
-                         f'bs must be <= {n}')
+        raise invalid('bs', bs, f'<= {n}: the training set has only {n} images{share}, not one full batch')
 
 def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder (either layout), or `DataLoaders`
                 arch='sasa_resnet26', # a key of `ARCHS` or a model constructor
@@ -159,9 +155,7 @@ class TrainingInterrupted(KeyboardInterrupt):
                          (f'; the last checkpoint is {checkpoint}' if checkpoint else '; no checkpoint was written'))
 
 def _save_loss_plot(learn, fname, title):
-    import matplotlib
-    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # headless unless pyplot is already in use
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (imported by `visualize` already; with no display it draws with Agg)
     learn.recorder.plot_loss(skip_start=0)
     fig = plt.gcf()
     fig.axes[0].set(xlabel='training batches', ylabel='loss', title=title)

@@ -6,9 +6,9 @@
 from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
-import torch, torch.nn as nn
+import torch.nn as nn
 from fastcore.basics import store_attr
-from .checks import check_choice, check_positive, check_sasa_args, invalid
+from .checks import MIN_SIZE, check_choice, check_positive, check_positives, check_sasa_args, invalid
 from .layers import SASA2d, SASAStem
 
 # %% auto #0
@@ -60,7 +60,7 @@ WIDTHS = (64, 128, 256, 512)
 class ResNet(nn.Sequential):
     "A ResNet V1.5 as data: stem, four bottleneck stages (conv or SASA spatial layers), pooled linear head."
     strides = (1, 2, 2, 2)
-    min_size = 32  # total downsampling: the smallest input that leaves one pixel at stage 4
+    min_size = MIN_SIZE  # total downsampling: the smallest input that leaves one pixel at stage 4
     def __init__(self, layers, # blocks per stage, e.g. [1, 2, 4, 1] for ResNet-26
                  attention=True, # which stages use SASA: bool, 4 booleans, or 1-based stage numbers
                  stem='conv', # 'conv' (7x7 conv + max pool) or 'attention' (the paper's spatially-aware stem)
@@ -72,12 +72,8 @@ class ResNet(nn.Sequential):
                  masked=False, # SASA layers leave out-of-image positions out of the softmax
                  widths=WIDTHS): # bottleneck widths of the four stages (the stem has the first)
         check_choice('stem', stem, STEMS)
-        if not (isinstance(layers, Sequence) and len(layers) == 4
-                and all(isinstance(o, int) and o > 0 for o in layers)):
-            raise invalid('layers', layers, 'four positive block counts, e.g. [3, 4, 6, 3]')
-        if not (isinstance(widths, Sequence) and len(widths) == 4
-                and all(isinstance(o, int) and o > 0 for o in widths)):
-            raise invalid('widths', widths, f'four positive widths, e.g. {list(WIDTHS)}')
+        layers = check_positives('layers', layers, 4, '[3, 4, 6, 3] (blocks per stage)')
+        widths = check_positives('widths', widths, 4, f'{list(WIDTHS)} (bottleneck widths)')
         check_positive('n_out', n_out, '(the number of classes)')
         check_positive('n_in', n_in, '(image channels)')
         for w in widths: check_sasa_args(w, w, kernel_size, 1, num_heads)

@@ -6,10 +6,11 @@
 from __future__ import annotations
 import torch
 from torch import Tensor
-from .core import project, project_backward
+from .checks import check_choice
+from .core import project, project_backward, memory_format
 
 # %% auto #0
-__all__ = ['KERNELS', 'kernel_fns', 'memory_format', 'stat_dtype', 'sasa_fwd', 'sasa_bwd']
+__all__ = ['KERNELS', 'kernel_fns', 'stat_dtype', 'sasa_fwd', 'sasa_bwd']
 
 # %% ../nbs/05_ops.ipynb #795f7cab
 KERNELS = ('native', 'triton')
@@ -17,18 +18,11 @@ KERNELS = ('native', 'triton')
 def kernel_fns(kernel # 'native' or 'triton'
               ):
     "The `(forward, backward)` pair of a compiled kernel."
-    if kernel == 'native':
+    if check_choice('kernel', kernel, KERNELS) == 'native':
         from sasa_fastai.native import native_forward, native_backward
         return native_forward, native_backward
-    if kernel == 'triton':
-        from sasa_fastai.triton_kernels import triton_forward, triton_backward
-        return triton_forward, triton_backward
-    raise ValueError(f"kernel={kernel!r} is not valid: kernel must be one of {list(KERNELS)}")
-
-def memory_format(x):
-    "The memory format the op's outputs take: channels-last when `x` is, else contiguous."
-    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
+    from sasa_fastai.triton_kernels import triton_forward, triton_backward
+    return triton_forward, triton_backward
 
 def stat_dtype(x):
     "The dtype of the log-sum-exp and the weights: float64 for float64 inputs, else float32."

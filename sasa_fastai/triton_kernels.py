@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from .core import memory_format
 
 # %% auto #0
 __all__ = ['tile_config', 'triton_forward', 'triton_backward']
@@ -198,7 +199,7 @@ def _launch(kernel, grid, device, *args, **kwargs):
     the launch `JITFunction.__call__` runs them through the interpreter too. The interpreter patches `triton.language`
     (not always undoing it for nested calls), so the namespaces it touches are snapshotted and restored afterwards:
     compiled GPU launches in the same process see an unpatched `triton.language`. Like the interpreter itself, this is
-    not thread-safe. (Our own `@triton.jit` helpers would be interpreted the same way; the kernels use none.)"""
+    not thread-safe. Our own `@triton.jit` building blocks (`_tile`, `_shifted`, ...) are interpreted the same way."""
     if device.type != 'cpu':
         with torch.cuda.device(device):
             kernel[grid](*args, **kwargs)
@@ -227,13 +228,13 @@ def _launch(kernel, grid, device, *args, **kwargs):
 def _pow2(x): return 1 << max(0, int(x) - 1).bit_length()
 
 
-def tile_config(H, W, d_pad, backward=False):
+def tile_config(H, W, d_pad):
     """Default `(TH, TW, num_warps)` for an H x W image and head size padded to `d_pad`: 8 warps and TH*TW = 2048/d_pad
     pixels (16..256), i.e. 8 float32 per thread in each [d_pad, TH*TW] register array (d <= 8: one pixel per thread
     with all its channels; larger d: channels split over threads, the channel sums cross threads). ptxas on sm_90
-    gives 48-72 registers for d=8 and about 128 for d=16..128, without spills. TW in {32, 16, 8, 4}: the widest whose
+    gives 48-76 registers for d=8 and 121-128 for d=16..128, without spills. TW in {32, 16, 8, 4}: the widest whose
     padding of W stays within 15% of the least padding (coalescing along W); TH no taller than the image (fewer warps
-    for tiny images). `backward` is accepted for tuning; both passes use the same tiles now."""
+    for tiny images). Forward and backward use the same tiles."""
     bp = max(16, min(256, 2048 // d_pad))
     cands = [tw for tw in (32, 16, 8, 4) if tw <= bp]
     padded = {tw: -(-W // tw) * tw for tw in cands}
@@ -262,14 +263,12 @@ def _check(qkv, rel_h, rel_w, num_heads):
 
 
 def _like_format(t, shape, dtype):
-    "Empty tensor of `shape` in the memory format of 4-D `t` (channels_last if `t` is, else contiguous NCHW)."
-    cl = t.stride(1) == 1 and t.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype, device=t.device, memory_format=fmt)
+    "Empty tensor of `shape` in the memory format of 4-D `t` (see `memory_format`)."
+    return torch.empty(shape, dtype=dtype, device=t.device, memory_format=memory_format(t))
 
 
-def _tiles(H, W, d_pad, backward, tile_h, tile_w, num_warps):
-    th, tw, nw = tile_config(H, W, d_pad, backward)
+def _tiles(H, W, d_pad, tile_h, tile_w, num_warps):
+    th, tw, nw = tile_config(H, W, d_pad)
     for t in (tile_h, tile_w):
         if t is not None and (t < 1 or t & (t - 1)):
             raise ValueError(f"tile sizes must be powers of two, got {t}")
@@ -289,7 +288,7 @@ def triton_forward(qkv, rel_h, rel_w, num_heads, masked=False, inference=False, 
     the defaults of `tile_config`."""
     B, C, H, W, d, K = _check(qkv, rel_h, rel_w, num_heads)
     N, d_pad = num_heads, max(2, _pow2(d))
-    th, tw, nw, n_tw, n_tiles = _tiles(H, W, d_pad, False, tile_h, tile_w, num_warps)
+    th, tw, nw, n_tw, n_tiles = _tiles(H, W, d_pad, tile_h, tile_w, num_warps)
     out = _like_format(qkv, (B, C, H, W), qkv.dtype)
     lse = torch.empty((B, N, H, W), dtype=torch.float32, device=qkv.device)
     wts = torch.empty((B, N, K * K, H, W), dtype=torch.float32, device=qkv.device) if inference else None
@@ -309,7 +308,7 @@ def triton_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout, *,
     of the tables). Deterministic: no atomics; the tables' gradients are per-program partial sums reduced in torch."""
     B, C, H, W, d, K = _check(qkv, rel_h, rel_w, num_heads)
     N, d_pad = num_heads, max(2, _pow2(d))
-    th, tw, nw, n_tw, n_tiles = _tiles(H, W, d_pad, True, tile_h, tile_w, num_warps)
+    th, tw, nw, n_tw, n_tiles = _tiles(H, W, d_pad, tile_h, tile_w, num_warps)
     dev = qkv.device
     dqkv = _like_format(qkv, qkv.shape, qkv.dtype)
     lse = lse.contiguous().float()

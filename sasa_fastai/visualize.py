@@ -4,13 +4,11 @@
 
 # %% ../nbs/12_visualize.ipynb #007a9caf
 from __future__ import annotations
-import warnings
-from .checks import moved
 import math, re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn
+import numpy as np, torch
 import matplotlib.pyplot as plt
 from PIL import Image
 from matplotlib.patches import Rectangle, Patch
@@ -20,6 +18,7 @@ from matplotlib.colors import Normalize as ColorNorm
 from fastcore.basics import patch
 from fastai.learner import Learner
 from fastai.torch_core import TensorImage
+from .checks import invalid, moved
 from .layers import SASA2d, SASAStem
 from .data import image_input
 from .checkpoint import atomic_write
@@ -203,8 +202,8 @@ def _check_query(query, size):
     ok = (isinstance(query, (tuple, list)) and len(query) == 2 and
           all(isinstance(o, (int, np.integer)) and not isinstance(o, bool) for o in query))
     if not ok or not (0 <= query[0] < H and 0 <= query[1] < W):
-        raise ValueError(f'query={query!r} is not valid: query must be (y, x), integers with 0 <= y < {H} and '
-                         f'0 <= x < {W} (pixel coordinates of the {H}x{W} model input)')
+        raise invalid('query', query, f'(y, x), integers with 0 <= y < {H} and 0 <= x < {W} (pixel coordinates of '
+                      f'the {H}x{W} model input)')
     return (int(query[0]), int(query[1]))
 
 # %% ../nbs/12_visualize.ipynb #eb603a69

@@ -30,7 +30,7 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import torch
 from sasa_fastai.layers import SASA2d
 from sasa_fastai.attention import pick_backend
-from sasa_fastai.benchmark import run_case, layer_case, model_case, machine_info, machine_line
+from sasa_fastai.benchmark import run_case, layer_case, model_case, machine_info, machine_line, target, targets_text
 
 TOL = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (3e-2, 6e-2)}  # (forward, gradients): error relative to max |gold|
 NAMES = ('out', 'dx', 'dW_qkv', 'd rel_h', 'd rel_w')
@@ -99,13 +99,10 @@ def _line(name, r, blanks=2):
     return f"| {name} | {r['time_ms']:.2f} | {r['first_ms'] / 1e3:.1f} | {r['peak_mib']:.0f} |"
 
 
-def target(label, value, op, limit):
-    ok = value is not None and (value >= limit if op == '>=' else value <= limit)
-    return f"{'PASS' if ok else 'MISS'}  {label} = {'—' if value is None else f'{value:.2f}'} (target {op} {limit})"
 
 
 def layers(device, tiny, repeats, warmup):
-    "The layer cases: markdown, target lines, whether a case failed."
+    "The layer cases: markdown, targets, whether a case failed."
     B, k, shapes = (2, 3, [(16, 8, 2)]) if tiny else (64, 7, [(64, 56, 8), (256, 14, 8)])
     kw = dict(amp='bf16' if device == 'cuda' else None, channels_last=device == 'cuda')
     md = [f'| layer, fwd+bwd (batch {B}, k={k}, {"bf16, channels-last" if kw["amp"] else "fp32"}) | median ms | '
@@ -144,12 +141,12 @@ def models(device, tiny, repeats, warmup):
     ratio = lambda k: div(get('sasa_resnet50', k), get('resnet50', k))
     return md, [target('sasa_resnet50 / resnet50 training throughput', ratio('images_per_s'), '>=', 0.5),
                 target('sasa_resnet50 / resnet50 training peak memory', ratio('peak_mib'), '<=', 1.5),
-                target('sasa_resnet50 first training step, s', div(get('sasa_resnet50', 'first_ms'), 1e3), '<=', 10)
+                target('sasa_resnet50 first training step', div(get('sasa_resnet50', 'first_ms'), 1e3), '<=', 10, ' s')
                 ], failed
 
 
 def training_run(device, tiny):
-    "`train` on the digits in a subprocess: (markdown, target lines, failed)."
+    "`train` on the digits in a subprocess: (markdown, targets, failed)."
     with tempfile.TemporaryDirectory() as out:
         kw = dict(size=32, bs=16, epochs=1, kernel_size=3, num_heads=2) if tiny else dict(size=64, bs=64, epochs=2)
         code = (f"from sasa_fastai.learner import train; train(data='digits', out={out!r}, "
@@ -163,10 +160,9 @@ def training_run(device, tiny):
     md = ['```', f"$ python -c \"{code.replace(out, '<tmp>')}\"   # {secs:.0f} s, exit status {r.returncode}",
           *[l.replace(out, '<tmp>') for l in log[-8:]], '```']
     acc = next((l for l in log if l.startswith('final validation accuracy')), None)
-    lines = [f"{'PASS' if r.returncode == 0 and not recompiles else 'MISS'}  training run on the digits "
-             f"({kw['epochs']} "
-             f"epochs, partial last validation batch): exit status {r.returncode}, {len(recompiles)} recompilation "
-             f"warning(s){', ' + acc if acc else ''}"]
+    lines = [target(f"recompilation warnings of a training run on the digits ({kw['epochs']} epochs, partial last "
+                    f"validation batch; exit status {r.returncode}{', ' + acc if acc else ''})",
+                    len(recompiles) if r.returncode == 0 else None, '<=', 0, '')]
     return md, lines, r.returncode != 0
 
 
@@ -212,7 +208,7 @@ def main():
         except Exception:
             md += [f'### {title}: error', '', '```', traceback.format_exc(), '```', '']
             failed = True
-    if targets: md += ['### Targets', '', '```', *targets, '```', '']
+    if targets: md += ['### Targets', '', '```', targets_text(targets), '```', '']
     md.append(f'Total time: {time.time() - t0:.0f} s')
     text = '\n'.join(md)
     print(text)
