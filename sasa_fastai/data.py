@@ -21,9 +21,10 @@ import torch
 from fastdownload import FastDownload
 
 # %% auto #0
-__all__ = ['IMAGENETTE_NAMES', 'IMAGEWOOF_NAMES', 'WNID_NAMES', 'N_DIGITS_VALID', 'DIGITS_FOLDER', 'DATASETS', 'LAYOUTS',
-           'label_name', 'data_root', 'digits_folder', 'fastai_config', 'dataset_folder', 'image_problem', 'dist_env',
-           'readable_images', 'folder_layout', 'holdout', 'image_items', 'get_dls', 'input_config', 'image_input']
+__all__ = ['IMAGENETTE_NAMES', 'IMAGEWOOF_NAMES', 'WNID_NAMES', 'N_DIGITS_VALID', 'DIGITS_FOLDER', 'DATASETS', 'VALID_FOLDERS',
+           'LAYOUTS', 'label_name', 'data_root', 'digits_folder', 'fastai_config', 'dataset_folder', 'image_problem',
+           'dist_env', 'readable_images', 'folder_layout', 'holdout', 'image_items', 'get_dls', 'input_config',
+           'image_input']
 
 # %% ../nbs/09_data.ipynb #e0808cf6
 IMAGENETTE_NAMES = {
@@ -155,22 +156,25 @@ def readable_images(items, # image paths
     return [o for o, p in zip(items, problems) if p is None]
 
 # %% ../nbs/09_data.ipynb #2410be00
-LAYOUTS = 'train/<class>/<images> and val/<class>/<images>, or <class>/<images>'
+VALID_FOLDERS = ('val', 'valid', 'test')  # validation folder beside train/, in order of preference
+LAYOUTS = ('train/<class>/<images> beside val/<class>/<images> (Imagenette), valid/<class>/<images> (fastai) or '
+           'test/<class>/<images>; or just <class>/<images>')
 
 def folder_layout(folder # an image folder
-                 ) -> str: # 'split' (train/ and val/) or 'classes' (one subfolder per class)
-    "Which of the two layouts `folder` has; a `FileNotFoundError` that says what is wrong if neither."
+                 ) -> str|None: # the validation folder's name ('val', 'valid' or 'test'), or None for <class>/ folders
+    "Which layout `folder` has: its validation folder beside `train/`, or `None`; a clear error if neither."
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f'{folder} is a file; expected a folder with {LAYOUTS}')
     if not folder.is_dir(): raise FileNotFoundError(f'{folder} does not exist; expected a folder with {LAYOUTS}')
-    train, val = (folder / 'train').is_dir(), (folder / 'val').is_dir()
-    if train and val: return 'split'
-    if train or val:
-        has, lacks = ('train', 'val') if train else ('val', 'train')
-        raise FileNotFoundError(f'{folder} has {has}/ but no {lacks}/: add {lacks}/<class>/<images>, or put the class '
-                                f'folders directly in {folder} to hold out a validation share (valid_pct)')
-    return 'classes'
+    train = (folder / 'train').is_dir()
+    valid = next((n for n in VALID_FOLDERS if (folder / n).is_dir()), None)
+    if train and valid: return valid
+    if train:
+        raise FileNotFoundError(f'{folder} has train/ but no val/, valid/ or test/: add val/<class>/<images>, or put '
+                                f'the class folders directly in {folder} to hold out a validation share (valid_pct)')
+    if valid: raise FileNotFoundError(f'{folder} has {valid}/ but no train/: add train/<class>/<images>')
+    return None
 
 # %% ../nbs/09_data.ipynb #a300bffd
 def holdout(items, # image paths
@@ -194,20 +198,23 @@ def _images(folder, depth):
     "Image files exactly `depth` levels below `folder` (class folders, or split/class folders)."
     return [o for o in get_image_files(folder) if len(o.relative_to(folder).parts) == depth + 1]
 
-def _split_items(folder, verify):
-    "Training and validation images of a train/ + val/ folder."
-    items = _images(folder, 2)
+def _split_items(folder, valid_name, verify):
+    "Training and validation images of a train/ folder with its validation folder `valid_name` beside it."
+    if valid_name == 'test' and _is_main_rank():
+        warnings.warn(f'{folder} has no val/ or valid/ folder: its test/ images are used for validation', stacklevel=3)
+    items = [o for o in _images(folder, 2) if o.parent.parent.name in ('train', valid_name)]
     if verify: items = readable_images(items)
     train = [o for o in items if o.parent.parent.name == 'train']
     if not train: raise ValueError(f'no readable training images in {folder / "train"}: expected {LAYOUTS} in {folder}')
     classes = {label_name(o) for o in train}  # classes come from the training images that exist
-    valid = [o for o in items if o.parent.parent.name == 'val']
+    valid = [o for o in items if o.parent.parent.name == valid_name]
     unknown = [o for o in valid if label_name(o) not in classes]
     if unknown and _is_main_rank():
         warnings.warn(f'{len(unknown)} validation image(s) left out: their class has no training images: ' +
                       ', '.join(sorted({str(o.parent) for o in unknown})), stacklevel=3)
     valid = [o for o in valid if label_name(o) in classes]
-    if not valid: raise ValueError(f'no readable validation images in {folder / "val"}: expected {LAYOUTS} in {folder}')
+    if not valid:
+        raise ValueError(f'no readable validation images in {folder / valid_name}: expected {LAYOUTS} in {folder}')
     return train, valid
 
 def _class_items(folder, verify, valid_pct, seed):
@@ -218,7 +225,7 @@ def _class_items(folder, verify, valid_pct, seed):
     train, valid = holdout(items, [label_name(o) for o in items], valid_pct, seed)
     if not valid:
         raise ValueError(f'no class in {folder} has two or more readable images, so none can be held out for '
-                         f'validation: add images, or use {LAYOUTS.split(", or")[0]}')
+                         'validation: add images, or use train/<class>/ and val/<class>/ folders')
     return train, valid
 
 def image_items(folder, # an image folder in either layout
@@ -227,7 +234,8 @@ def image_items(folder, # an image folder in either layout
                 seed=0 # seed of that hold-out
                ):
     "`(train, valid)` image paths of `folder`; an error naming the folder if it cannot train a classifier."
-    train, valid = (_split_items(folder, verify) if folder_layout(folder) == 'split'
+    valid_name = folder_layout(folder)
+    train, valid = (_split_items(folder, valid_name, verify) if valid_name
                     else _class_items(folder, verify, valid_pct, seed))
     classes = sorted({label_name(o) for o in train})
     if len(classes) < 2:

@@ -279,7 +279,7 @@ def layer_label(name # a module path from `attention_layers`
     return f'stage {m[1]}, block {int(m[2]) + 1}' if m else ('attention stem' if name == 'stem' else name)
 
 # %% ../nbs/12_visualize.ipynb #04a0382c
-_CMAP = 'magma'
+_CMAP, _TOP = 'magma', 'yellow'  # the colour map of the distances, the outline of a head's top cell
 
 def _show_image(ax, image, zorder=1):
     ax.imshow(image, cmap='gray' if image.ndim == 2 else None, vmin=0, vmax=1,
@@ -293,16 +293,22 @@ def _beyond(box, image_size):
     (t, l, b, r), (H, W) = box, image_size
     return t < 0 or l < 0 or b > H or r > W
 
-def _draw_window(ax, lw, w, image_size, image, alpha=0.8):
-    "Weights `w` `[k, k]` of `lw`'s window at its true place on `image`; the part beyond the image hatched grey."
+_FLOOR = 0.15  # the brightness of a pixel the head gives no weight
+
+def _spotlight(image, att):
+    "`image` lit by the weights `att` (`[H, W]`): full colour where the weight is largest, dimmed to `_FLOOR` at 0."
+    f = (_FLOOR + (1 - _FLOOR) * att / att.max().clamp_min(1e-12)).numpy()
+    return image * (f[..., None] if image.ndim == 3 else f)
+
+def _draw_window(ax, lw, head, image_size, image):
+    "Head `head` of `lw` on `image`: the photo lit by the weights, the window and its top cell outlined."
     t, l, b, r = lw.box
     H, W = image_size
-    if _beyond(lw.box, image_size):  # zero padding: a hatched grey ground, which the image then covers
+    if _beyond(lw.box, image_size):  # zero padding: a hatched grey ground beside the image
         ax.add_patch(Rectangle((l, t), r - l, b - t, fc='0.82', ec='0.55', hatch='////', lw=0, zorder=0))
-    _show_image(ax, image)
-    wn = (w / w.max()).numpy()
-    ax.imshow(wn, cmap=_CMAP, vmin=0, vmax=1, alpha=0.15 + alpha * wn, extent=(l, r, b, t),
-              interpolation='nearest', zorder=2)
+    _show_image(ax, _spotlight(image, attention_image(lw, image_size, head)))
+    ta, la, ba, ra = lw.cell(*lw.argmax()[head].tolist())
+    ax.add_patch(Rectangle((la, ta), ra - la, ba - ta, fill=False, ec=_TOP, lw=1.2, zorder=3))
     ax.add_patch(Rectangle((l, t), r - l, b - t, fill=False, ec='white', lw=1, zorder=3))
     if _beyond(lw.box, image_size):  # where the image ends
         ax.add_patch(Rectangle((0, 0), W, H, fill=False, ec='cyan', lw=1, ls='--', zorder=4))
@@ -323,17 +329,18 @@ def show_attention_grid(maps, # an `AttentionMaps`
         for ax, n in zip(row, heads):
             ax.set_xticks([]); ax.set_yticks([])
             if n >= lw.heads: ax.axis('off'); continue
-            _draw_window(ax, lw, lw.weights[n], maps.size, maps.image)
+            _draw_window(ax, lw, n, maps.size, maps.image)
             _mark_query(ax, maps.query, 20)
             ax.text(0.03, 0.97, f'{float(lw.weights[n].max()):.2f}', transform=ax.transAxes, va='top', fontsize=7,
                     color='white', bbox=dict(fc='black', alpha=0.6, lw=0, pad=1), zorder=6)
             if lw is recs[0]: ax.set_title(f'head {n + 1}', fontsize=9)
         row[0].set_ylabel(f'{layer_label(lw.name)}\n{lw.size[0]}x{lw.size[1]} map, {lw.stride[0]:g} px/cell',
                           fontsize=8)
-    fig.colorbar(ScalarMappable(ColorNorm(0, 1), _CMAP), ax=axs, shrink=min(0.8, 3 / len(recs)), pad=0.02,
-                 label="weight / the head's largest weight")
+    fig.colorbar(ScalarMappable(ColorNorm(0, 1), 'gray'), ax=axs, shrink=min(0.8, 3 / len(recs)), pad=0.02,
+                 label="brightness: weight / the head's largest weight")
     items = [Line2D([], [], ls='', marker='o', mfc='red', mec='white', ms=7, label='query pixel'),
              Patch(fc='none', ec='0.3', label='window: k x k cells, one per feature pixel'),
+             Patch(fc='none', ec=_TOP, label="the head's most attended cell"),
              Patch(fc='black', alpha=0.6, label="0.42  the head's largest weight (top-left number)")]
     if any(_beyond(l.box, maps.size) for l in recs):
         items += [Patch(fc='0.82', ec='0.55', hatch='////', label='window beyond the image: zero padding'),
@@ -376,15 +383,13 @@ def attention_image(lw, # a `LayerWindow`
 def show_query_attention(maps, # an `AttentionMaps`
                          layer, # name or index of the layer
                          head=None, # a head index, or `None` for the mean over heads
-                         ax=None, figsize=(4, 4), cmap='magma'):
-    "Whole-image view: where the query attends in `layer`, painted over the image it looks at."
+                         ax=None, figsize=(4, 4)):
+    "Whole-image view: the image lit by the query's weights in `layer` (dark where the heads give no weight)."
     lw = maps[layer]
     if ax is None: _, ax = plt.subplots(figsize=figsize)
     att = attention_image(lw, maps.size, head)
     w = lw.weights.mean(0) if head is None else lw.weights[head]
-    _show_image(ax, maps.image * 0.45 + 0.1)
-    ax.imshow(att.numpy(), cmap=cmap, alpha=(att / w.max()).clamp(0, 1).numpy() ** 0.5, vmin=0, vmax=float(w.max()),
-              extent=(0, maps.size[1], maps.size[0], 0), interpolation='nearest')
+    _show_image(ax, _spotlight(maps.image, att))
     t, l, b, r = lw.box
     ax.add_patch(Rectangle((l, t), r - l, b - t, fill=False, ec='white', lw=1, ls='--'))
     ax.set_xlim(0, maps.size[1]); ax.set_ylim(maps.size[0], 0)
