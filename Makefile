@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FLAGS ?=
 
-.PHONY: test demo demo-sweep imagenette bench gpu-check readme sync-check readme-check lint nbtest clean-venv
+.PHONY: test demo demo-sweep imagenette imagenette-maps bench gpu-check readme sync-check readme-check lint nbtest clean-venv
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -76,3 +76,10 @@ gpu-check: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# the README's attention picture: sasa_maps with the SASA model of `make imagenette` on one validation photo (a garbage
+# truck), query on the truck. DATA must be the Imagenette folder, e.g. make imagenette-maps DATA=/path/to/imagenette2-160
+MAPS_PHOTO ?= val/n03417042/ILSVRC2012_val_00006922.JPEG
+imagenette-maps: $(STAMP)
+	@$(VENV)/bin/sasa_maps $(DATA)/$(MAPS_PHOTO) --query 34 28 --out nbs/images/imagenette_attention_maps.png \
+	  --model results/imagenette/$(notdir $(DATA))-64px-5ep-bs32-lr0.002/sasa-seed42/weights.pth

@@ -201,9 +201,9 @@ def _compare(data, out, recipe, variants, seeds, depth, size, epochs, bs, lr):
 def sasa_compare(data:str='imagenette', # dataset name (imagenette, imagewoof, digits, ...) or an image folder
                  out:str='results/imagenette', # folder for the runs, results.md, results.json and accuracy.png
                  recipe:str='cpu', # "cpu" (64 px, 5 epochs, batch 32) or "gpu" (128 px, 20 epochs, batch 64)
-                 # models: conv (the conv baseline), sasa (conv stem + attention), stages234 (attention in stages
-                 # 2-4), full (attention stem); default: conv sasa for the cpu recipe, all four for the gpu one
-                 variants:Param('models to train', str, nargs='+')=None,
+                 variants:Param('models: conv (the conv baseline), sasa (conv stem + attention), stages234 (attention '
+                                'in stages 2-4), full (attention stem); default: conv sasa, all four with --recipe gpu',
+                                str, nargs='+')=None,
                  seeds:Param('one run per seed and model (default: 42; 42 1 2 for the gpu recipe)', int,
                              nargs='+')=None,
                  depth:int=26, # ResNet depth: 26, 38, 50 or 101

@@ -279,7 +279,7 @@ def layer_label(name # a module path from `attention_layers`
     return f'stage {m[1]}, block {int(m[2]) + 1}' if m else ('attention stem' if name == 'stem' else name)
 
 # %% ../nbs/12_visualize.ipynb #04a0382c
-_CMAP, _TOP = 'magma', 'yellow'  # the colour map of the distances, the outline of a head's top cell
+_CMAP, _TOP = 'magma', 'cyan'  # the weights' colours; the outline of a head's most attended cell
 
 def _show_image(ax, image, zorder=1):
     ax.imshow(image, cmap='gray' if image.ndim == 2 else None, vmin=0, vmax=1,
@@ -293,20 +293,29 @@ def _beyond(box, image_size):
     (t, l, b, r), (H, W) = box, image_size
     return t < 0 or l < 0 or b > H or r > W
 
-_FLOOR = 0.15  # the brightness of a pixel the head gives no weight
+_OUTSIDE, _TINT = 0.45, 0.6  # brightness of the image outside the window; opacity of the tint at the top weight
 
-def _spotlight(image, att):
-    "`image` lit by the weights `att` (`[H, W]`): full colour where the weight is largest, dimmed to `_FLOOR` at 0."
-    f = (_FLOOR + (1 - _FLOOR) * att / att.max().clamp_min(1e-12)).numpy()
+def _window_lit(image, box):
+    "`image` in full colour inside the window `box`, dimmed outside it (where the head gives no weight)."
+    H, W = image.shape[:2]
+    ys, xs = np.arange(H) + 0.5, np.arange(W) + 0.5
+    inside = ((ys >= box[0]) & (ys < box[2]))[:, None] & ((xs >= box[1]) & (xs < box[3]))[None]
+    f = np.where(inside, 1., _OUTSIDE)
     return image * (f[..., None] if image.ndim == 3 else f)
 
+def _tint(ax, w, extent, zorder=2):
+    "The weights `w` (`[k, k]`, or per pixel) as a see-through colour layer: clear at 0, `_TINT` opaque at the top."
+    wn = (w / w.max().clamp_min(1e-12)).numpy()
+    ax.imshow(wn, cmap=_CMAP, vmin=0, vmax=1, alpha=_TINT * wn, extent=extent, interpolation='nearest', zorder=zorder)
+
 def _draw_window(ax, lw, head, image_size, image):
-    "Head `head` of `lw` on `image`: the photo lit by the weights, the window and its top cell outlined."
+    "Head `head` of `lw` on `image`: the photo visible under a tint of the weights; the window and top cell outlined."
     t, l, b, r = lw.box
     H, W = image_size
     if _beyond(lw.box, image_size):  # zero padding: a hatched grey ground beside the image
         ax.add_patch(Rectangle((l, t), r - l, b - t, fc='0.82', ec='0.55', hatch='////', lw=0, zorder=0))
-    _show_image(ax, _spotlight(image, attention_image(lw, image_size, head)))
+    _show_image(ax, _window_lit(image, lw.box))
+    _tint(ax, lw.weights[head], (l, r, b, t))
     ta, la, ba, ra = lw.cell(*lw.argmax()[head].tolist())
     ax.add_patch(Rectangle((la, ta), ra - la, ba - ta, fill=False, ec=_TOP, lw=1.2, zorder=3))
     ax.add_patch(Rectangle((l, t), r - l, b - t, fill=False, ec='white', lw=1, zorder=3))
@@ -336,8 +345,8 @@ def show_attention_grid(maps, # an `AttentionMaps`
             if lw is recs[0]: ax.set_title(f'head {n + 1}', fontsize=9)
         row[0].set_ylabel(f'{layer_label(lw.name)}\n{lw.size[0]}x{lw.size[1]} map, {lw.stride[0]:g} px/cell',
                           fontsize=8)
-    fig.colorbar(ScalarMappable(ColorNorm(0, 1), 'gray'), ax=axs, shrink=min(0.8, 3 / len(recs)), pad=0.02,
-                 label="brightness: weight / the head's largest weight")
+    fig.colorbar(ScalarMappable(ColorNorm(0, 1), _CMAP), ax=axs, shrink=min(0.8, 3 / len(recs)), pad=0.02,
+                 label=f"weight / the head's largest weight (tint: clear at 0, {_TINT:.0%} opaque at 1)")
     items = [Line2D([], [], ls='', marker='o', mfc='red', mec='white', ms=7, label='query pixel'),
              Patch(fc='none', ec='0.3', label='window: k x k cells, one per feature pixel'),
              Patch(fc='none', ec=_TOP, label="the head's most attended cell"),
@@ -384,12 +393,13 @@ def show_query_attention(maps, # an `AttentionMaps`
                          layer, # name or index of the layer
                          head=None, # a head index, or `None` for the mean over heads
                          ax=None, figsize=(4, 4)):
-    "Whole-image view: the image lit by the query's weights in `layer` (dark where the heads give no weight)."
+    "Whole-image view: the query's weights in `layer` as a see-through tint on the image, dimmed outside the window."
     lw = maps[layer]
     if ax is None: _, ax = plt.subplots(figsize=figsize)
     att = attention_image(lw, maps.size, head)
     w = lw.weights.mean(0) if head is None else lw.weights[head]
-    _show_image(ax, _spotlight(maps.image, att))
+    _show_image(ax, _window_lit(maps.image, lw.box))
+    _tint(ax, att, (0, maps.size[1], maps.size[0], 0))
     t, l, b, r = lw.box
     ax.add_patch(Rectangle((l, t), r - l, b - t, fill=False, ec='white', lw=1, ls='--'))
     ax.set_xlim(0, maps.size[1]); ax.set_ylim(maps.size[0], 0)
