@@ -16,7 +16,8 @@ from .checkpoint import atomic_write
 # %% auto #0
 __all__ = ['IMPLS', 'LAYER_SHAPES', 'BENCH_ENV', 'BENCH_ARCHS', 'layer_case', 'model_case', 'case_name', 'make_step',
            'peak_rss_mib', 'measure', 'run_case', 'bench_cases', 'layer_markdown', 'model_markdown', 'target',
-           'targets_text', 'check_targets', 'cpu_name', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
+           'targets_text', 'check_targets', 'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown',
+           'benchmark']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
 IMPLS = ('ours', 'reference', 'conv')
@@ -181,8 +182,8 @@ def bench_cases(quick=False, # only the C=64 @ 40x40 layer shape
                 shapes=None, # (C, H) layer shapes (default: `LAYER_SHAPES`)
                 batch=8, # layer batch
                 archs=BENCH_ARCHS, # models for the model table
-                size=160, # model image size
-                model_batch=8, # model batch
+                # (image size, batch) of the model cases: 64 px / batch 32 is the Imagenette recipe of `16_compare`
+                model_shapes=((160, 8), (64, 32)),
                 kernel_size=7, # SASA window of the layer cases
                 num_heads=8, # SASA heads of the layer cases
                 modes=('fwd', 'fwdbwd'), # layer modes
@@ -191,7 +192,7 @@ def bench_cases(quick=False, # only the C=64 @ 40x40 layer shape
     shapes = shapes or (LAYER_SHAPES[:1] if quick else LAYER_SHAPES)
     cases = [layer_case(impl, C, H, mode, batch, kernel_size, num_heads)
              for C, H in shapes for mode in modes for impl in IMPLS]
-    return cases + [model_case(a, mode, size, model_batch) for a in archs for mode in model_modes]
+    return cases + [model_case(a, mode, size, b) for size, b in model_shapes for a in archs for mode in model_modes]
 
 # %% ../nbs/15_benchmark.ipynb #55bd4a5f
 def _find(results, **kw):
@@ -235,20 +236,22 @@ def layer_markdown(results):
 def model_markdown(results):
     "Markdown table of the model cases in `results`, with a ratio row for each `sasa_X` next to its `X`."
     models = [r for r in results if r['spec']['kind'] == 'model']
-    if not models: return ''
-    s0 = models[0]['spec']
-    archs = list(dict.fromkeys(r['spec']['arch'] for r in models))
-    cols = lambda a: (_val(models, 'time_ms', arch=a, mode='train'), _val(models, 'peak_mib', arch=a, mode='train'),
-                      _val(models, 'images_per_s', arch=a, mode='infer'),
-                      _val(models, 'peak_mib', arch=a, mode='infer'))
-    out = [f"| model ({s0['size']} px, batch {s0['batch']}{', ' + s0['amp'] if s0.get('amp') else ''}) | train step ms "
-           "| train peak MiB | inference img/s | inference peak MiB |", '|---|---:|---:|---:|---:|']
-    for a in archs: out.append(f'| {a} | ' + ' | '.join(_num(v) for v in cols(a)) + ' |')
-    for a in archs:
-        base = a[len('sasa_'):] if a.startswith('sasa_') else None
-        if base in archs:
-            out.append(f'| {a} / {base} | ' + ' | '.join(_x(_ratio(u, v)) for u, v in zip(cols(a), cols(base))) + ' |')
-    return '\n'.join(out)
+    out = []
+    for size, batch in dict.fromkeys((r['spec']['size'], r['spec']['batch']) for r in models):  # a table per shape
+        group = [r for r in models if (r['spec']['size'], r['spec']['batch']) == (size, batch)]
+        amp, archs = group[0]['spec'].get('amp'), list(dict.fromkeys(r['spec']['arch'] for r in group))
+        cols = lambda a: (_val(group, 'time_ms', arch=a, mode='train'), _val(group, 'peak_mib', arch=a, mode='train'),
+                          _val(group, 'images_per_s', arch=a, mode='infer'),
+                          _val(group, 'peak_mib', arch=a, mode='infer'))
+        out += ['' if out else None, f"| model ({size} px, batch {batch}{', ' + amp if amp else ''}) | train step ms "
+                "| train peak MiB | inference img/s | inference peak MiB |", '|---|---:|---:|---:|---:|']
+        out += [f'| {a} | ' + ' | '.join(_num(v) for v in cols(a)) + ' |' for a in archs]
+        for a in archs:
+            base = a[len('sasa_'):] if a.startswith('sasa_') else None
+            if base in archs:
+                out.append(f'| {a} / {base} | ' + ' | '.join(_x(_ratio(u, v)) for u, v in zip(cols(a), cols(base)))
+                           + ' |')
+    return '\n'.join(o for o in out if o is not None)
 
 # %% ../nbs/15_benchmark.ipynb #5342310f
 def target(label, # what is measured, e.g. 'sasa_resnet26 / resnet26 training step time'
@@ -290,16 +293,28 @@ def cpu_name():
             if l.startswith('model name'): return l.split(':', 1)[1].strip()
     return platform.processor() or platform.machine()
 
+def cpu_isa():
+    "The widest vector instruction set of this CPU (what the C++ kernel's `-march=native` build can use)."
+    with contextlib.suppress(OSError, StopIteration):
+        flags = next(l for l in Path('/proc/cpuinfo').read_text().splitlines()
+                     if l.startswith(('flags', 'Features'))).split(':', 1)[1].split()
+        for flag, name in (('avx512f', 'AVX-512'), ('avx2', 'AVX2'), ('avx', 'AVX'), ('sve', 'SVE'),
+                           ('asimd', 'NEON'), ('sse4_2', 'SSE4.2')):
+            if flag in flags: return name
+    return platform.machine()
+
 def machine_info(device='cpu', threads=None):
     "What the numbers were measured on."
-    info = dict(cpu=cpu_name(), cores=os.cpu_count(), threads=torch.get_num_threads() if threads is None else threads,
+    info = dict(cpu=cpu_name(), isa=cpu_isa(), cores=os.cpu_count(),
+                threads=torch.get_num_threads() if threads is None else threads,
                 torch=torch.__version__, python=platform.python_version(), device=device)
     if device == 'cuda' and torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name()
     return info
 
 def machine_line(info):
-    "One line: GPU (if any), CPU, threads, torch."
-    s = f"{info['cpu']} ({info['cores']} cores), {info['threads']} threads, torch {info['torch']}"
+    "One line: GPU (if any), CPU (with its instruction set), threads, torch."
+    isa = f", {info['isa']}" if info.get('isa') else ''
+    s = f"{info['cpu']} ({info['cores']} cores{isa}), {info['threads']} threads, torch {info['torch']}"
     return (f"{info['gpu']}, " if info.get('gpu') else '') + s
 
 # %% ../nbs/15_benchmark.ipynb #dd59686a
@@ -334,7 +349,7 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
               warmup=None, # warm-up runs per case (default 3, 1 with quick)
               command=None, # the command line to print with the tables
               progress=True, # a line per case on stderr
-              **kwargs): # passed to `bench_cases` (shapes, batch, archs, size, model_batch, ...)
+              **kwargs): # passed to `bench_cases` (shapes, batch, archs, model_shapes, ...)
     "Measure every case of `bench_cases` in its own process; write and return the report."
     _check_device(device)
     threads = torch.get_num_threads() if threads is None else threads

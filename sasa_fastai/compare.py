@@ -23,7 +23,8 @@ VARIANTS = {  # name: (architecture prefix, SASA options, the paper's name for i
     'sasa': ('sasa_resnet', {}, 'conv stem + attention'),
     'stages234': ('sasa_resnet', {'attention': [2, 3, 4]}, 'attention in stages 2-4'),
     'full': ('sasa_resnet', {'stem': 'attention'}, 'full attention (attention stem)')}
-DEFAULTS = {'cpu': dict(variants=('conv', 'sasa'), seeds=(42,)), 'gpu': dict(variants=tuple(VARIANTS), seeds=(42, 1, 2))}
+DEFAULTS = {'cpu': dict(variants=('conv', 'sasa'), seeds=(42,)),  # what each recipe trains unless told otherwise
+            'gpu': dict(variants=tuple(VARIANTS), seeds=(42, 1, 2))}
 
 def recipe(name='cpu', # a key of `RECIPES`
            **overrides # size, epochs, bs or lr to change (None keeps the recipe's)

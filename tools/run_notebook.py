@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Execute a notebook and save its outputs, as its committed documentation: `python tools/run_notebook.py NB [--skip FLAG ...]`.
+"""Execute a notebook and save its outputs, as its committed documentation.
 
-Cells are run in order in the notebook's folder (as `nbdev_test` runs them); a cell flagged `#| eval: false` or with one of
-the `--skip` flags (`#| slow`, say) keeps the outputs it had. Stops at the first error, writing nothing (unless --keep_going)."""
+    python tools/run_notebook.py NB [--skip FLAG ...] [--keep_going]
+
+Cells are run in order in the notebook's folder (as `nbdev_test` runs them); a cell flagged `#| eval: false` or with
+one of the `--skip` flags (`#| slow`, say) keeps the outputs it had. Stops at the first error, writing nothing (unless
+--keep_going)."""
 import argparse, os, re, sys
 from pathlib import Path
 from execnb.nbio import read_nb, write_nb
