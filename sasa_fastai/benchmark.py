@@ -14,10 +14,10 @@ from .models import ARCHS
 from .checkpoint import atomic_write
 
 # %% auto #0
-__all__ = ['IMPLS', 'LAYER_SHAPES', 'BENCH_ENV', 'BENCH_ARCHS', 'layer_case', 'model_case', 'case_name', 'make_step',
-           'peak_rss_mib', 'measure', 'run_case', 'bench_cases', 'layer_markdown', 'model_markdown', 'target',
-           'targets_text', 'check_targets', 'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown',
-           'benchmark']
+__all__ = ['IMPLS', 'LAYER_SHAPES', 'BENCH_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case', 'model_case', 'case_name',
+           'make_step', 'peak_rss_mib', 'measure', 'run_case', 'breakdown_case', 'breakdown', 'breakdown_markdown',
+           'bench_cases', 'layer_markdown', 'model_markdown', 'target', 'targets_text', 'check_targets', 'cpu_name',
+           'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
 IMPLS = ('ours', 'reference', 'conv')
@@ -35,6 +35,7 @@ def model_case(arch, mode='train', size=160, batch=8, n_out=10, amp=None, channe
 
 def case_name(spec):
     "A short readable name of a case."
+    if spec['kind'] == 'breakdown': return f"breakdown C={spec['C']} {spec['H']}x{spec['H']} batch {spec['batch']}"
     mode = {'fwd': 'fwd', 'fwdbwd': 'fwd+bwd', 'train': 'train step', 'infer': 'inference'}[spec['mode']]
     if spec['kind'] == 'layer':
         return (f"{spec['impl']} C={spec['C']} {spec['H']}x{spec['H']} {mode}"
@@ -116,6 +117,7 @@ def measure(spec, # a case from `layer_case` or `model_case`
             warmup=3, # untimed calls before timing
             repeats=10): # timed calls; the median is reported
     "Peak memory added by one call of the case's work, then the median time of `repeats` calls (this process)."
+    if spec['kind'] == 'breakdown': return breakdown(spec, warmup, repeats)
     cuda = device == 'cuda'
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     step = make_step(spec, device)
@@ -175,6 +177,75 @@ def run_case(spec, # a case from `layer_case` or `model_case`
         return dict(spec=spec, device=device, error=err[-1] if err else f'exit status {p.returncode}')
     return json.loads(lines[-1])
 
+# %% ../nbs/15_benchmark.ipynb #647f197f
+# (C, H, batch): a 160 px ResNet's first stage, a 224 px one's, and the stages of the 64 px Imagenette recipe
+BREAKDOWN_SHAPES = ((64, 40, 8), (64, 56, 8), (64, 16, 32), (128, 8, 32), (256, 4, 32))
+
+def breakdown_case(C, H, batch=8, kernel_size=7, num_heads=8):
+    "A breakdown case: the parts of `SASA2d(C, C)`'s forward+backward on `H`x`H` pixels."
+    return dict(kind='breakdown', C=C, H=H, batch=batch, kernel_size=kernel_size, num_heads=num_heads)
+
+def _macs(spec):
+    "Multiply-adds of each part (see the table above)."
+    C, K, P = spec['C'], spec['kernel_size'], spec['batch'] * spec['H'] ** 2
+    return {'projection': 3 * C * C * P, 'fwd set-up': K * C * P, 'fwd logits': K * K * C * P, 'fwd softmax': 0,
+            'fwd weighted sum': K * K * C * P, 'projection (recomputed)': 3 * C * C * P, 'bwd set-up': K * C * P,
+            'bwd logits': K * K * C * P, 'bwd d logits': K * K * C * P, 'bwd dq, d tables': (K * K + 2 * K) * C * P,
+            'bwd dk, dv': 2 * K * K * C * P, 'projection backward': 6 * C * C * P, 'the rest': 0}
+
+# %% ../nbs/15_benchmark.ipynb #dbea0458
+def breakdown(spec, # from `breakdown_case`
+              warmup=3, repeats=10):
+    "Median seconds of each part of one fwd+bwd of the layer (this process), its multiply-adds, and the machine's peak."
+    from sasa_fastai.core import project, project_backward
+    from sasa_fastai.native import native_forward, native_backward, PHASES, fma_peak
+    torch.manual_seed(0)
+    C, H, B, N = spec['C'], spec['H'], spec['batch'], spec['num_heads']
+    m = SASA2d(C, C, spec['kernel_size'], num_heads=N, backend='native')
+    x = torch.randn(B, C, H, H, requires_grad=True)
+    g = torch.randn(B, C, H, H)
+    w = m.qkv.weight.detach().flatten(1)
+    rel = lambda t: t.detach().view(spec['kernel_size'], N, -1)
+    threads, samples = torch.get_num_threads(), []
+    def clock(f):
+        t = time.perf_counter(); r = f(); return r, time.perf_counter() - t
+    for i in range(warmup + repeats):
+        pf, pb = (torch.zeros(len(PHASES[k]), dtype=torch.float64) for k in ('forward', 'backward'))
+        _, whole = clock(lambda: m(x).backward(g))
+        qkv, t_proj = clock(lambda: project(x.detach(), w))
+        (out, lse, _), t_fwd = clock(lambda: native_forward(qkv, rel(m.rel_h), rel(m.rel_w), N, profile=pf))
+        qkv, t_reproj = clock(lambda: project(x.detach(), w))
+        (dqkv, *_), t_bwd = clock(lambda: native_backward(qkv, rel(m.rel_h), rel(m.rel_w), N, False, out, lse, g,
+                                                          profile=pb))
+        _, t_pbwd = clock(lambda: project_backward(x.detach(), w, dqkv))
+        parts = {'projection': t_proj, **{f'fwd {k}': v / threads for k, v in zip(PHASES['forward'], pf.tolist())},
+                 'projection (recomputed)': t_reproj,
+                 **{f'bwd {k}': v / threads for k, v in zip(PHASES['backward'], pb.tolist())},
+                 'projection backward': t_pbwd}
+        parts['the rest'] = max(whole - sum(parts.values()), 0.)
+        if i >= warmup: samples.append((whole, parts))
+    med = lambda xs: statistics.median(xs)
+    return dict(spec=spec, device='cpu', threads=threads, warmup=warmup, repeats=repeats,
+                time_ms=med([w for w, _ in samples]) * 1e3, macs=_macs(spec), peak_macs_per_s=fma_peak(threads),
+                parts_ms={k: med([p[k] for _, p in samples]) * 1e3 for k in samples[0][1]})
+
+def breakdown_markdown(results):
+    "One table per breakdown case: each part's time, share, multiply-adds, rate and share of the machine's peak."
+    out = []
+    for r in (r for r in results if r['spec']['kind'] == 'breakdown' and 'error' not in r):
+        s, peak = r['spec'], r['peak_macs_per_s']
+        out += [f"**C={s['C']} @ {s['H']}x{s['H']}, batch {s['batch']}, k={s['kernel_size']}, {s['num_heads']} heads**"
+                f": fwd+bwd {r['time_ms']:.1f} ms; peak {peak / 1e9:.0f} G multiply-adds/s ({r['threads']} threads)",
+                '', '| part | ms | share | G multiply-adds | G multiply-adds/s | of peak |',
+                '|---|---:|---:|---:|---:|---:|']
+        for k, ms in r['parts_ms'].items():
+            macs = r['macs'][k]
+            rate = macs / (ms / 1e3) if ms > 0 and macs else None
+            out.append(f"| {k} | {ms:.2f} | {ms / r['time_ms']:.0%} | {macs / 1e9:.3f} | "
+                       + (f'{rate / 1e9:.1f} | {rate / peak:.0%} |' if rate else '— | — |'))
+        out.append('')
+    return '\n'.join(out)
+
 # %% ../nbs/15_benchmark.ipynb #0f43fb42
 BENCH_ARCHS = ('resnet26', 'sasa_resnet26')
 
@@ -187,11 +258,14 @@ def bench_cases(quick=False, # only the C=64 @ 40x40 layer shape
                 kernel_size=7, # SASA window of the layer cases
                 num_heads=8, # SASA heads of the layer cases
                 modes=('fwd', 'fwdbwd'), # layer modes
-                model_modes=('train', 'infer')): # model modes
+                model_modes=('train', 'infer'), # model modes
+                breakdowns=None): # (C, H, batch) of breakdown cases (default: `BREAKDOWN_SHAPES`; none with quick)
     "The cases of a benchmark run, in the order they run."
     shapes = shapes or (LAYER_SHAPES[:1] if quick else LAYER_SHAPES)
+    breakdowns = (() if quick else BREAKDOWN_SHAPES) if breakdowns is None else breakdowns
     cases = [layer_case(impl, C, H, mode, batch, kernel_size, num_heads)
              for C, H in shapes for mode in modes for impl in IMPLS]
+    cases += [breakdown_case(C, H, b, kernel_size, num_heads) for C, H, b in breakdowns]
     return cases + [model_case(a, mode, size, b) for size, b in model_shapes for a in archs for mode in model_modes]
 
 # %% ../nbs/15_benchmark.ipynb #55bd4a5f
@@ -334,7 +408,8 @@ def bench_markdown(report):
             f"{s['warmup']} warm-up; memory = peak added by one run "
             f"({'CUDA allocator' if s['device'] == 'cuda' else 'RSS'}), "
             'each case in a fresh process.', '']
-    for part in (layer_markdown(report['results']), model_markdown(report['results'])):
+    for part in (layer_markdown(report['results']), model_markdown(report['results']),
+                 breakdown_markdown(report['results'])):
         if part: out += [part, '']
     errors = [f"- {case_name(r['spec'])}: {r['error']}" for r in report['results'] if 'error' in r]
     if errors: out += ['Failed cases:', *errors, '']

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['FLAGS', 'source_file', 'cache_dir', 'native_library', 'native_forward', 'native_backward']
+__all__ = ['FLAGS', 'PHASES', 'source_file', 'cache_dir', 'native_library', 'native_forward', 'native_backward', 'fma_peak']
 
 # %% ../nbs/02_native.ipynb #5e59352b
 def source_file() -> Path:
@@ -50,6 +50,7 @@ def native_library(verbose=False # show the compiler's output
         lib = ctypes.CDLL(str(so))
         for fn in ('sasa_forward_f32', 'sasa_forward_f64', 'sasa_backward_f32', 'sasa_backward_f64'):
             getattr(lib, fn).restype = None
+        lib.sasa_fma_peak.restype = ctypes.c_double
         _library = lib
     except Exception as e:
         warnings.warn(f'sasa_fastai: could not build the CPU kernel ({e!r}); SASA layers use the slower pure-PyTorch '
@@ -73,11 +74,22 @@ def _kernel(name, t):
         raise TypeError(f'the CPU kernel computes in float32 or float64, not {t.dtype}')
     return getattr(native_library(), f"sasa_{name}_{'f64' if t.dtype == torch.float64 else 'f32'}")
 
+PHASES = {  # what the kernel times when asked (`profile=`): the parts of each pass, in order
+    'forward': ('set-up', 'logits', 'softmax', 'weighted sum'),
+    'backward': ('set-up', 'logits', 'd logits', 'dq, d tables', 'dk, dv')}
+
+def _checked(profile, what):
+    if profile is not None and (profile.dtype != torch.float64 or profile.numel() != len(PHASES[what])
+                                or not profile.is_contiguous()):
+        raise ValueError(f'profile must be a contiguous float64 tensor of {len(PHASES[what])} seconds')
+    return profile
+
 def native_forward(qkv, # projection output `[B, 3C, H, W]`
                    rel_h, rel_w, # relative tables `[k, N, d/2]`
                    num_heads, # N
                    masked=False, # leave out-of-image positions out of the softmax
-                   inference=False # also return the weights
+                   inference=False, # also return the weights
+                   profile=None # a float64 tensor of `PHASES['forward']` seconds, which each phase's time is added to
                   ):
     "Output `[B, C, H, W]`, log-sum-exp `[B, N, H, W]` and (with `inference`) weights `[B, N, k*k, H, W]`."
     qkv, rel_h, rel_w = qkv.contiguous(), rel_h.contiguous(), rel_w.contiguous()
@@ -85,10 +97,10 @@ def native_forward(qkv, # projection output `[B, 3C, H, W]`
     out, lse = qkv.new_empty(B, C3 // 3, H, W), qkv.new_empty(B, num_heads, H, W)
     wts = qkv.new_empty(B, num_heads, rel_h.shape[0] ** 2, H, W) if inference else None
     _kernel('forward', qkv)(*_problem(qkv, rel_h, rel_w, num_heads, masked), *_ptrs(out, lse, wts),
-                            ctypes.c_int(torch.get_num_threads()))
+                            ctypes.c_int(torch.get_num_threads()), *_ptrs(_checked(profile, 'forward')))
     return out, lse, wts
 
-def native_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout):
+def native_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout, profile=None):
     "Gradients of `qkv` (`[B, 3C, H, W]`) and of both tables; the weights are recomputed from `lse`."
     qkv, rel_h, rel_w = qkv.contiguous(), rel_h.contiguous(), rel_w.contiguous()
     out, lse, dout = out.contiguous(), lse.contiguous(), dout.contiguous()
@@ -98,6 +110,13 @@ def native_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout):
     drel = qkv.new_empty(B, num_heads, 2, K, C // num_heads // 2)  # one slot per (image, head): no races
     _kernel('backward', qkv)(*_problem(qkv, rel_h, rel_w, num_heads, masked), *_ptrs(out, lse, dout),
                              *_ptrs(dqkv, dqkv[:, C:], dqkv[:, 2 * C:]), ctypes.c_long(dqkv.stride(0)), *_ptrs(drel),
-                             ctypes.c_int(torch.get_num_threads()))
+                             ctypes.c_int(torch.get_num_threads()), *_ptrs(_checked(profile, 'backward')))
     drel = drel.sum(0).permute(1, 2, 0, 3)  # [2, k, N, d/2]
     return dqkv, *(t.clone(memory_format=torch.contiguous_format) for t in drel)  # an op's outputs may not alias
+
+# %% ../nbs/02_native.ipynb #d593a0c9
+def fma_peak(threads=None, # threads (default: torch's)
+             iters=20_000_000 # loop trips per thread (each 128 multiply-adds)
+            ) -> float: # multiply-adds per second
+    "Float32 multiply-adds per second this CPU reaches with `threads` threads (fused multiply-adds in registers)."
+    return native_library().sasa_fma_peak(ctypes.c_int(threads or torch.get_num_threads()), ctypes.c_long(iters))

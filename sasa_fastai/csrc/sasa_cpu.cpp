@@ -19,6 +19,7 @@
 #include <vector>
 #include <algorithm>
 #include <limits>
+#include <omp.h>
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
@@ -47,6 +48,21 @@ static inline float exp_(float x) {
   return x < -87.0f ? 0.0f : p * s;
 }
 static inline double exp_(double x) { return std::exp(x); }
+
+// Where the time goes (`sasa_bench`'s breakdown): when the caller passes a `prof` array, each thread adds the seconds
+// it spent in each phase of the kernel to it (PHASES_FWD / PHASES_BWD entries); with `prof` null nothing is timed.
+struct Timer {
+  double* acc; double t;
+  explicit Timer(double* a) : acc(a), t(a ? omp_get_wtime() : 0) {}
+  void lap(int phase) { if (acc) { const double now = omp_get_wtime(); acc[phase] += now - t; t = now; } }
+};
+static void add_profile(double* prof, const double* mine, int n) {
+  if (!prof) return;
+#pragma omp critical
+  for (int i = 0; i < n; ++i) prof[i] += mine[i];
+}
+constexpr int PHASES_FWD = 4;  // set-up (padded planes, relative logits), logits, softmax, weighted sum of values
+constexpr int PHASES_BWD = 5;  // set-up, logits (recomputed), d logits (dout.v, softmax), dq and the tables, key pass
 
 constexpr int JB = 16;  // pixels per register block: every inner loop below has this fixed trip count
 
@@ -166,7 +182,7 @@ static std::vector<long> offsets(const Problem<T>& P, bool reversed) {
 }
 
 template <typename T>
-static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
+static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, double* prof) {
   const int K = P.K, KK = K * K, W = P.W, D = P.D, Wr = P.Wr();
   const long HW = P.HW();
   const std::vector<long> off = offsets(P, false);
@@ -175,13 +191,17 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
     FlushDenormals ftz;
     std::vector<T> lo((long)KK * Wr), m(Wr), s(Wr);
     HeadPlanes<T> hp;
+    double mine[PHASES_FWD] = {};
+    Timer tm(prof ? mine : nullptr);
 #pragma omp for schedule(dynamic)
     for (long t = 0; t < (long)P.B * P.N; ++t) {
       const int b = t / P.N, n = t % P.N;
       const long hd = P.head(b, n);
       hp.load(P, b, n);
+      tm.lap(0);
       for (int i = 0; i < P.H; ++i) {
         row_logits(P, hp.Q, hp.Kp, hp.RH, hp.RW, i, lo.data());
+        tm.lap(1);
         std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
         std::fill(s.begin(), s.end(), T(0));
         for (int o = 0; o < KK; ++o) {
@@ -199,9 +219,12 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
           for (int j = 0; j < W; ++j) L[j] *= s[j];  // now the attention weights
           if (wts) std::memcpy(wts + (hd * KK + o) * HW + (long)i * W, L, sizeof(T) * W);
         }
+        tm.lap(2);
         window_sum(P, lo.data(), hp.Vp, (long)i * P.Wp(), off.data(), out + hd * D * HW + (long)i * W);
+        tm.lap(3);
       }
     }
+    add_profile(prof, mine, PHASES_FWD);
   }
 }
 
@@ -213,7 +236,7 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads) {
 // No scatter-add, no races between threads.
 template <typename T>
 static void backward(const Problem<T>& P, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv, long gbs,
-                     T* drel, int nthreads) {
+                     T* drel, int nthreads, double* prof) {
   const int K = P.K, KK = K * K, W = P.W, D = P.D, D2 = D / 2, h = P.h(), Wp = P.Wp(), Wr = P.Wr();
   const long HW = P.HW(), HWp = P.HWp();
   const std::vector<long> off = offsets(P, false), qoff = offsets(P, true);
@@ -225,6 +248,8 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
     HeadPlanes<T> hp;
     Padded<T> Go;
     const Padded<T> &Q = hp.Q, &Kp = hp.Kp, &Vp = hp.Vp, &RH = hp.RH, &RW = hp.RW;
+    double mine[PHASES_BWD] = {};
+    Timer tm(prof ? mine : nullptr);
 #pragma omp for schedule(dynamic)
     for (long t = 0; t < (long)P.B * P.N; ++t) {
       const int b = t / P.N, n = t % P.N;
@@ -238,12 +263,14 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
       Go.load(P, dout + hd * D * HW, D, T(0));
       const T* O = out + hd * D * HW;
       const T* GO = dout + hd * D * HW;
+      tm.lap(0);
       for (int i = 0; i < P.H; ++i) {
         const long row = (long)i * W, qrow = (long)(i + h) * Wp + h;
         const T* ls = lse + hd * HW + row;
         std::fill(dsm.begin(), dsm.end(), T(0));
         for (int d = 0; d < D; ++d) for (int j = 0; j < W; ++j) dsm[j] += GO[d * HW + row + j] * O[d * HW + row + j];
         row_logits(P, Q, Kp, RH, RW, i, lo.data());
+        tm.lap(1);
         for (int o = 0; o < KK; ++o) {  // lo <- d loss / d logit = p * (dout.v - dsum)
           T* L = &lo[(long)o * Wr];
           for (int j0 = 0; j0 < W; j0 += JB) {
@@ -260,6 +287,7 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
             }
           }
         }
+        tm.lap(2);
         for (int o = 0; o < 2 * K; ++o) std::fill(&gr[(long)o * Wr], &gr[(long)o * Wr] + W, T(0));
         for (int a = 0; a < K; ++a)  // d loss / d rh[a] and / d rw[b]: sums of ds over the window's rows and columns
           for (int bb = 0; bb < K; ++bb) {
@@ -281,6 +309,7 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
               dR[(half * K + a) * D2 + d] += acc;
             }
           }
+        tm.lap(3);
       }
       for (int ii = 0; ii < P.H; ++ii) {  // key pass
         const long krow = (long)(ii + h) * Wp + h;
@@ -295,23 +324,45 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
         window_sum(P, Gk.data(), Q, (long)ii * Wp, qoff.data(), DK + (long)ii * W);
         window_sum(P, Pk.data(), Go, (long)ii * Wp, qoff.data(), DV + (long)ii * W);
       }
+      tm.lap(4);
     }
+    add_profile(prof, mine, PHASES_BWD);
   }
 }
 
 #define SASA_API(T, SFX)                                                                                              \
   extern "C" void sasa_forward_##SFX(const T* q, const T* k, const T* v, const T* rel_h, const T* rel_w, long bs,     \
                                      int B, int N, int D, int H, int W, int K, int masked, T* out, T* lse,            \
-                                     T* wts, int nthreads) {                                                          \
+                                     T* wts, int nthreads, double* prof) {                                            \
     Problem<T> P{q, k, v, rel_h, rel_w, bs, B, N, D, H, W, K, masked};                                                \
-    forward(P, out, lse, wts, nthreads);                                                                              \
+    forward(P, out, lse, wts, nthreads, prof);                                                                        \
   }                                                                                                                   \
   extern "C" void sasa_backward_##SFX(const T* q, const T* k, const T* v, const T* rel_h, const T* rel_w, long bs,    \
                                       int B, int N, int D, int H, int W, int K, int masked, const T* out,             \
                                       const T* lse, const T* dout, T* dq, T* dk, T* dv, long gbs, T* drel,            \
-                                      int nthreads) {                                                                 \
+                                      int nthreads, double* prof) {                                                   \
     Problem<T> P{q, k, v, rel_h, rel_w, bs, B, N, D, H, W, K, masked};                                                \
-    backward(P, out, lse, dout, dq, dk, dv, gbs, drel, nthreads);                                                     \
+    backward(P, out, lse, dout, dq, dk, dv, gbs, drel, nthreads, prof);                                               \
   }
 SASA_API(float, f32)
 SASA_API(double, f64)
+
+// The machine's own limit: float32 multiply-adds per second of `nthreads` threads running independent fused
+// multiply-adds in registers (8 accumulators of JB lanes each: enough independent chains to keep every vector FMA unit
+// busy, few enough to stay in registers).
+extern "C" double sasa_fma_peak(int nthreads, long iters) {
+  double start = omp_get_wtime(), sink = 0;
+#pragma omp parallel num_threads(nthreads) reduction(+ : sink)
+  {
+    constexpr int R = 8;
+    float acc[R][JB];
+    for (int r = 0; r < R; ++r) for (int j = 0; j < JB; ++j) acc[r][j] = 1.0f + 1e-3f * (r * JB + j);
+    const float a = 0.999999f, c = 1e-7f;
+    for (long it = 0; it < iters; ++it)
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < JB; ++j) acc[r][j] = std::fma(acc[r][j], a, c);
+    for (int r = 0; r < R; ++r) for (int j = 0; j < JB; ++j) sink += acc[r][j];
+  }
+  const double secs = omp_get_wtime() - start;
+  return sink > 0 ? (double)nthreads * iters * 8 * JB / secs : 0;  // (sink keeps the loop from being removed)
+}
