@@ -438,8 +438,8 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
         r = run_case(spec, device, threads, warmup, repeats)
         results.append(r)
         if progress:
-            got = (f"error: {r['error']}" if 'error' in r else
-                   f"{r['time_ms']:9.2f} ms  +{r['peak_mib']:8.2f} MiB")
+            got = (f"error: {r['error']}" if 'error' in r else f"{r['time_ms']:9.2f} ms"
+                   + (f"  +{r['peak_mib']:8.2f} MiB" if 'peak_mib' in r else ''))
             print(f'[{i + 1:2}/{len(cases)}] {case_name(spec):36} {got}  ({time.time() - t:.0f} s, '
                   f'{time.time() - t0:.0f} s total)', file=sys.stderr, flush=True)
     report = dict(command=command, machine=machine_info(device, threads), results=results,

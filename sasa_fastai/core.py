@@ -15,6 +15,8 @@ def project(x, # input `[B, ni, H, W]`
             w_qkv # the dense 1x1 projection `[3 nf, ni]`
            ):
     "Queries, keys and values of every pixel in one 1x1 convolution: `qkv`, `[B, 3 nf, H, W]` (x's memory format)."
+    if x.device.type == 'cpu' and x.is_contiguous():  # NCHW on the CPU: one batched matrix product, several times
+        return torch.bmm(w_qkv.expand(x.shape[0], -1, -1), x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])  # faster
     return F.conv2d(x, w_qkv[:, :, None, None])
 
 def project_backward(x, w_qkv, dqkv):
