@@ -244,7 +244,7 @@ def breakdown_markdown(results):
             out.append(f"| {k} | {ms:.2f} | {ms / r['time_ms']:.0%} | {macs / 1e9:.3f} | "
                        + (f'{rate / 1e9:.1f} | {rate / peak:.0%} |' if rate else '— | — |'))
         out.append('')
-    return '\n'.join(out)
+    return '\n'.join(out).strip()
 
 # %% ../nbs/15_benchmark.ipynb #0f43fb42
 BENCH_ARCHS = ('resnet26', 'sasa_resnet26')
