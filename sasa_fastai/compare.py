@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_compare.ipynb #277624d0
 from __future__ import annotations
-import csv, json, os, shutil, subprocess, sys, time
+import csv, json, os, subprocess, sys, time
 from pathlib import Path
 from .checks import check_choice, check_number, check_positive, check_seed, check_size, invalid
 from .checks import writable_folder
