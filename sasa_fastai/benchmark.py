@@ -14,10 +14,10 @@ from .models import ARCHS
 from .checkpoint import atomic_write
 
 # %% auto #0
-__all__ = ['IMPLS', 'LAYER_SHAPES', 'BENCH_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case', 'model_case', 'case_name',
-           'make_step', 'peak_rss_mib', 'measure', 'run_case', 'breakdown_case', 'breakdown', 'breakdown_markdown',
-           'bench_cases', 'layer_markdown', 'model_markdown', 'target', 'targets_text', 'check_targets', 'cpu_name',
-           'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
+__all__ = ['IMPLS', 'LAYER_SHAPES', 'MEMORY_ENV', 'TIME_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case', 'model_case',
+           'case_name', 'make_step', 'peak_rss_mib', 'measure', 'run_case', 'breakdown_case', 'breakdown',
+           'breakdown_markdown', 'bench_cases', 'layer_markdown', 'model_markdown', 'target', 'targets_text',
+           'check_targets', 'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
 IMPLS = ('ours', 'reference', 'conv')
@@ -115,7 +115,9 @@ def _release_memory():
 def measure(spec, # a case from `layer_case` or `model_case`
             device='cpu', # 'cpu' or 'cuda'
             warmup=3, # untimed calls before timing
-            repeats=10): # timed calls; the median is reported
+            repeats=10, # timed calls; the median is reported
+            memory=True, # measure the peak memory
+            timing=True): # measure the time
     "Peak memory added by one call of the case's work, then the median time of `repeats` calls (this process)."
     if spec['kind'] == 'breakdown': return breakdown(spec, warmup, repeats)
     cuda = device == 'cuda'
@@ -125,7 +127,9 @@ def measure(spec, # a case from `layer_case` or `model_case`
     step(); sync()
     first_ms = (time.perf_counter() - t) * 1e3  # the first call: lazy set-up and kernel compilation included
     _release_memory()
-    if cuda:
+    peak = base = reset = None
+    if not memory: pass
+    elif cuda:
         torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step(); sync()
@@ -136,46 +140,58 @@ def measure(spec, # a case from `layer_case` or `model_case`
         step()
         peak = peak_rss_mib() - base
     times = []
-    for i in range(warmup + repeats):
+    for i in range(warmup + repeats if timing else 0):
         sync(); t = time.perf_counter()
         step(); sync()
         if i >= warmup: times.append((time.perf_counter() - t) * 1e3)
     res = dict(spec=spec, device=device, threads=torch.get_num_threads(), warmup=warmup, repeats=repeats,
-               time_ms=statistics.median(times), times_ms=times, first_ms=first_ms, peak_mib=peak, base_mib=base,
+               time_ms=statistics.median(times) if times else None, times_ms=times, first_ms=first_ms, peak_mib=peak, base_mib=base,
                peak_reset=reset)
-    if spec['kind'] == 'model': res['images_per_s'] = spec['batch'] / res['time_ms'] * 1e3
+    if spec['kind'] == 'model' and times: res['images_per_s'] = spec['batch'] / res['time_ms'] * 1e3
     if spec['kind'] == 'layer' and spec['impl'] == 'ours':
         res['backend'] = pick_backend('auto', torch.zeros(1, device=device))
     return res
 
 # %% ../nbs/15_benchmark.ipynb #3d362292
-BENCH_ENV = dict(MALLOC_MMAP_THRESHOLD_='131072', MALLOC_TRIM_THRESHOLD_='131072', OMP_WAIT_POLICY='PASSIVE')
+MEMORY_ENV = dict(MALLOC_MMAP_THRESHOLD_='131072', MALLOC_TRIM_THRESHOLD_='131072', OMP_WAIT_POLICY='PASSIVE')
+TIME_ENV = dict(OMP_WAIT_POLICY='PASSIVE')
 
 def _case_main(arg):
     "Entry point of a measuring subprocess: `arg` is the JSON of `run_case`'s request; prints the result as JSON."
     req = json.loads(arg)
-    torch.set_num_threads(req['threads'])
-    print(json.dumps(measure(req['spec'], req['device'], req['warmup'], req['repeats'])))
+    torch.set_num_threads(req.pop('threads'))
+    print(json.dumps(measure(**req)))
+
+def _in_process(req, env, timeout):
+    "`measure` the request `req` in a new Python process with `env` added to this one's environment."
+    cmd = [sys.executable, '-c',
+           'import sys; from sasa_fastai.benchmark import _case_main; _case_main(sys.argv[1])', json.dumps(req)]
+    env = {**os.environ, **env, 'OMP_NUM_THREADS': str(req['threads'])}
+    try: p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired: return dict(error=f'timed out after {timeout} s')
+    lines = p.stdout.strip().splitlines()
+    if p.returncode or not lines:
+        err = [l for l in p.stderr.strip().splitlines() if l.strip()]
+        return dict(error=err[-1] if err else f'exit status {p.returncode}')
+    return json.loads(lines[-1])
 
 def run_case(spec, # a case from `layer_case` or `model_case`
              device='cpu', # 'cpu' or 'cuda'
              threads=None, # CPU threads (default: `torch.get_num_threads()`)
              warmup=3, # untimed calls
              repeats=10, # timed calls
-             timeout=None): # seconds before the case is abandoned
-    "`measure` the case in a fresh Python process with `BENCH_ENV`; a dict with `error` if it failed."
-    threads = torch.get_num_threads() if threads is None else threads
-    req = json.dumps(dict(spec=spec, device=device, threads=threads, warmup=warmup, repeats=repeats))
-    env = {**os.environ, **BENCH_ENV, 'OMP_NUM_THREADS': str(threads)}
-    cmd = [sys.executable, '-c',
-           'import sys; from sasa_fastai.benchmark import _case_main; _case_main(sys.argv[1])', req]
-    try: p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired: return dict(spec=spec, device=device, error=f'timed out after {timeout} s')
-    lines = p.stdout.strip().splitlines()
-    if p.returncode or not lines:
-        err = [l for l in p.stderr.strip().splitlines() if l.strip()]
-        return dict(spec=spec, device=device, error=err[-1] if err else f'exit status {p.returncode}')
-    return json.loads(lines[-1])
+             timeout=None): # seconds before the case is abandoned (each process)
+    "`measure` the case in fresh Python processes (CPU: memory under `MEMORY_ENV`, time under `TIME_ENV`)."
+    req = dict(spec=spec, device=device, threads=torch.get_num_threads() if threads is None else threads,
+               warmup=warmup, repeats=repeats)
+    if device == 'cuda' or spec['kind'] == 'breakdown': runs = [_in_process(req, TIME_ENV, timeout)]
+    else: runs = [_in_process({**req, 'timing': False}, MEMORY_ENV, timeout),
+                  _in_process({**req, 'memory': False}, TIME_ENV, timeout)]
+    failed = next((r for r in runs if 'error' in r), None)
+    if failed: return dict(spec=spec, device=device, error=failed['error'])
+    if len(runs) == 1: return runs[0]
+    mem, res = runs
+    return {**res, **{k: mem[k] for k in ('peak_mib', 'base_mib', 'peak_reset')}}
 
 # %% ../nbs/15_benchmark.ipynb #647f197f
 # (C, H, batch): a 160 px ResNet's first stage, a 224 px one's, and the stages of the 64 px Imagenette recipe
@@ -406,8 +422,9 @@ def bench_markdown(report):
     out += [f"{machine_line(report['machine'])}; device {s['device']}, "
             f"{'bf16 autocast (models)' if amp else 'fp32'}. Median of {s['repeats']} timed runs after "
             f"{s['warmup']} warm-up; memory = peak added by one run "
-            f"({'CUDA allocator' if s['device'] == 'cuda' else 'RSS'}), "
-            'each case in a fresh process.', '']
+            + ('(CUDA allocator), each case in a fresh process.' if s['device'] == 'cuda' else
+               "(RSS), each case in fresh processes: time with glibc's default allocator, memory with one that "
+               'returns freed memory (`MEMORY_ENV`).'), '']
     for part in (layer_markdown(report['results']), model_markdown(report['results']),
                  breakdown_markdown(report['results'])):
         if part: out += [part, '']
@@ -444,7 +461,7 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
                   f'{time.time() - t0:.0f} s total)', file=sys.stderr, flush=True)
     report = dict(command=command, machine=machine_info(device, threads), results=results,
                   settings=dict(device=device, threads=threads, repeats=repeats, warmup=warmup, quick=quick,
-                                env=BENCH_ENV))
+                                memory_env=MEMORY_ENV, time_env=TIME_ENV))
     report['targets'] = check_targets(results) if device == 'cpu' else []
     if out is not None:
         atomic_write(Path(out) / 'bench.md', lambda tmp: tmp.write_text(bench_markdown(report)))

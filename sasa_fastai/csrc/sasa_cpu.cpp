@@ -49,6 +49,26 @@ static inline float exp_(float x) {
 }
 static inline double exp_(double x) { return std::exp(x); }
 
+static inline float log_(float x) {
+  // log(x) for normal x > 0, branch-free so that loops vectorise (Cephes polynomial, relative error ~1e-7): the
+  // softmax takes the log of every pixel's sum, which the library's scalar logf made a third of the softmax's time.
+  int32_t bits; std::memcpy(&bits, &x, 4);
+  float e = (float)(((bits >> 23) & 0xff) - 126);  // x = m * 2^e, m in [0.5, 1)
+  bits = (bits & 0x007fffff) | 0x3f000000;
+  float m; std::memcpy(&m, &bits, 4);
+  const bool low = m < 0.707106781f;  // m in [sqrt(1/2), sqrt(2)) after this
+  e = low ? e - 1.0f : e;
+  m = (low ? m + m : m) - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f; y = y * m + 1.1676998740e-1f; y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f; y = y * m - 1.6668057665e-1f; y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f; y = y * m + 3.3333331174e-1f;
+  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+static inline double log_(double x) { return std::log(x); }
+
 // Where the time goes (`sasa_bench`'s breakdown): when the caller passes a `prof` array, each thread adds the seconds
 // it spent in each phase of the kernel to it (PHASES_FWD / PHASES_BWD entries); with `prof` null nothing is timed.
 struct Timer {
@@ -118,8 +138,65 @@ template <typename T> struct HeadPlanes {
   }
 };
 
+// Each thread's scratch lives on after a call (OpenMP keeps its threads), so later calls reuse its pages: fresh
+// pages would cost a page fault per 4 KiB, which at these sizes weighs as much as a window loop.
+template <typename T> struct Scratch {
+  std::vector<T> lo, m, s, dsm, Pk, Gk, gr, Ps, Gs;
+  HeadPlanes<T> hp;
+  Padded<T> Go;
+};
+template <typename T> static Scratch<T>& scratch() { static thread_local Scratch<T> s; return s; }
+
 template <typename T> static inline void store(T* dst, const T* acc, int nj) {
   for (int jj = 0; jj < nj; ++jj) dst[jj] = acc[jj];
+}
+
+// Register blocks. The window loops are bound by loads, not by multiply-adds: one product of two streamed operands
+// costs two loads. Each loop below keeps one operand in a register and reuses it across a block of accumulators:
+// RB window offsets of one row (the logits and d logits) or DB channels (the weighted sums), JB pixels each. The blocks
+// fill the register file (8 blocks of 16 floats are 8 AVX-512 registers; with 256-bit vectors they are halved).
+#if defined(__AVX512F__)
+constexpr int RB = 8;
+#else
+constexpr int RB = 4;
+#endif
+constexpr int DB = RB;
+
+// JB lanes as one value (GCC/Clang vector extension: one AVX-512 register for float, two AVX2 ones), so that the
+// blocks below stay in registers; unaligned loads and stores go through memcpy.
+template <typename T> struct Lanes { typedef T V __attribute__((vector_size(JB * sizeof(T)))); };
+template <typename T> using V = typename Lanes<T>::V;
+template <typename T> static inline V<T> vload(const T* p) { V<T> v; std::memcpy(&v, p, sizeof v); return v; }
+template <typename T> static inline void vstore(T* p, V<T> v) { std::memcpy(p, &v, sizeof v); }
+
+// acc[r][jj] += sum_d x[d*xs + jj] * y[d*ys + r + jj], r < R: the dot products over D channels of JB pixels with R
+// neighbouring window offsets along a row (y is the padded key or value row, offset b0 at y[0]).
+template <typename T, int R>
+static inline void dots_fixed(const T* __restrict x, long xs, const T* __restrict y, long ys, int D, T (*acc)[JB]) {
+  V<T> a[R];
+  for (int r = 0; r < R; ++r) a[r] = vload(acc[r]);
+  for (int d = 0; d < D; ++d) {
+    const V<T> xv = vload(x + d * xs);
+    const T* yd = y + d * ys;
+    for (int r = 0; r < R; ++r) a[r] += xv * vload(yd + r);
+  }
+  for (int r = 0; r < R; ++r) vstore(acc[r], a[r]);
+}
+
+template <typename T>
+static inline void dots(int R, const T* x, long xs, const T* y, long ys, int D, T (*acc)[JB]) {
+  switch (R) {  // a fixed trip count for every block size, so each is unrolled into registers
+    case 1: return dots_fixed<T, 1>(x, xs, y, ys, D, acc);
+    case 2: return dots_fixed<T, 2>(x, xs, y, ys, D, acc);
+    case 3: return dots_fixed<T, 3>(x, xs, y, ys, D, acc);
+    case 4: return dots_fixed<T, 4>(x, xs, y, ys, D, acc);
+#if defined(__AVX512F__)
+    case 5: return dots_fixed<T, 5>(x, xs, y, ys, D, acc);
+    case 6: return dots_fixed<T, 6>(x, xs, y, ys, D, acc);
+    case 7: return dots_fixed<T, 7>(x, xs, y, ys, D, acc);
+    case 8: return dots_fixed<T, 8>(x, xs, y, ys, D, acc);
+#endif
+  }
 }
 
 // Logits of query row i of one head for every window offset o = a*K + b, into lo[o*Wr + j]. Shared by the forward
@@ -129,23 +206,29 @@ static void row_logits(const Problem<T>& P, const Padded<T>& Q, const Padded<T>&
                        const Padded<T>& RW, int i, T* lo) {
   const int K = P.K, W = P.W, D = P.D, Wp = P.Wp(), h = P.h(), Wr = P.Wr();
   const long qrow = (long)(i + h) * Wp + h;
-  for (int a = 0; a < K; ++a)
-    for (int bb = 0; bb < K; ++bb) {
-      T* L = lo + (long)(a * K + bb) * Wr;
-      const long krow = (long)(i + a) * Wp + bb;
-      for (int j0 = 0; j0 < W; j0 += JB) {
-        T acc[JB];
-        const T* ra = RH.at(a, qrow + j0); const T* rb = RW.at(bb, qrow + j0);
-        for (int jj = 0; jj < JB; ++jj) acc[jj] = ra[jj] + rb[jj];
-        for (int d = 0; d < D; ++d) {
-          const T* qd = Q.at(d, qrow + j0); const T* kd = Kp.at(d, krow + j0);
-          for (int jj = 0; jj < JB; ++jj) acc[jj] += qd[jj] * kd[jj];
+  for (int a = 0; a < K; ++a) {
+    const long krow = (long)(i + a) * Wp;
+    for (int j0 = 0; j0 < W; j0 += JB) {
+      const T* ra = RH.at(a, qrow + j0);
+      for (int b0 = 0; b0 < K; b0 += RB) {
+        const int R = std::min(RB, K - b0);
+        T acc[RB][JB];
+        for (int r = 0; r < R; ++r) {
+          const T* rb = RW.at(b0 + r, qrow + j0);
+          for (int jj = 0; jj < JB; ++jj) acc[r][jj] = ra[jj] + rb[jj];
         }
-        for (int jj = 0; jj < JB; ++jj) L[j0 + jj] = acc[jj];
+        dots(R, Q.at(0, qrow + j0), Q.HWp, Kp.at(0, krow + b0 + j0), Kp.HWp, D, acc);
+        for (int r = 0; r < R; ++r) {
+          T* L = lo + (long)(a * K + b0 + r) * Wr + j0;
+          for (int jj = 0; jj < JB; ++jj) L[jj] = acc[r][jj];
+        }
       }
-      if (P.masked) {  // keys outside the image leave the softmax
-        const T ninf = -std::numeric_limits<T>::infinity();
-        const int ii = i + a - h;
+    }
+    if (P.masked) {  // keys outside the image leave the softmax
+      const T ninf = -std::numeric_limits<T>::infinity();
+      const int ii = i + a - h;
+      for (int bb = 0; bb < K; ++bb) {
+        T* L = lo + (long)(a * K + bb) * Wr;
         if (ii < 0 || ii >= P.H) std::fill(L, L + W, ninf);
         else {
           for (int j = 0; j < std::min(W, h - bb); ++j) L[j] = ninf;
@@ -153,6 +236,25 @@ static void row_logits(const Problem<T>& P, const Padded<T>& Q, const Padded<T>&
         }
       }
     }
+  }
+}
+
+// out[c][jj] = sum_o A[o*Wr + jj] * x[c*xs + off[o] + jj], c < C: the weighted sum over the window for C channels of
+// JB pixels at once (the weights of each offset loaded once for all C).
+template <typename T, int C>
+static inline void wsum_fixed(const T* __restrict A, long Wr, const T* __restrict x, long xs, const long* off, int KK,
+                              T* out, long os, int nj) {
+  V<T> acc[C] = {};
+  for (int o = 0; o < KK; ++o) {
+    const V<T> av = vload(A + (long)o * Wr);
+    const T* xo = x + off[o];
+    for (int c = 0; c < C; ++c) acc[c] += av * vload(xo + c * xs);
+  }
+  for (int c = 0; c < C; ++c) {
+    T lanes[JB];
+    vstore(lanes, acc[c]);
+    store(out + c * os, lanes, nj);
+  }
 }
 
 // out[d][i][j] = sum_o A[o][j] * X[d] at the window position o of pixel (i, j): the weighted sum over the window.
@@ -160,15 +262,25 @@ static void row_logits(const Problem<T>& P, const Padded<T>& Q, const Padded<T>&
 template <typename T>
 static void window_sum(const Problem<T>& P, const T* A, const Padded<T>& X, long base, const long* off, T* out) {
   const int KK = P.K * P.K, W = P.W, D = P.D, Wr = P.Wr();
-  for (int d = 0; d < D; ++d)
-    for (int j0 = 0; j0 < W; j0 += JB) {
-      T acc[JB] = {};
-      for (int o = 0; o < KK; ++o) {
-        const T* a = A + (long)o * Wr + j0; const T* x = X.at(d, base + off[o] + j0);
-        for (int jj = 0; jj < JB; ++jj) acc[jj] += a[jj] * x[jj];
+  const long HW = P.HW();
+  for (int j0 = 0; j0 < W; j0 += JB) {
+    const int nj = std::min(JB, W - j0);
+    for (int d0 = 0; d0 < D; d0 += DB) {
+      const T* x = X.at(d0, base + j0); const T* a = A + j0; T* o = out + d0 * HW + j0;
+      switch (std::min(DB, D - d0)) {
+        case 1: wsum_fixed<T, 1>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+        case 2: wsum_fixed<T, 2>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+        case 3: wsum_fixed<T, 3>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+        case 4: wsum_fixed<T, 4>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+#if defined(__AVX512F__)
+        case 5: wsum_fixed<T, 5>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+        case 6: wsum_fixed<T, 6>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+        case 7: wsum_fixed<T, 7>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+        case 8: wsum_fixed<T, 8>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
+#endif
       }
-      store(out + d * P.HW() + j0, acc, std::min(JB, W - j0));
     }
+  }
 }
 
 template <typename T>
@@ -189,8 +301,10 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
 #pragma omp parallel num_threads(nthreads)
   {
     FlushDenormals ftz;
-    std::vector<T> lo((long)KK * Wr), m(Wr), s(Wr);
-    HeadPlanes<T> hp;
+    Scratch<T>& S = scratch<T>();
+    std::vector<T> &lo = S.lo, &m = S.m, &s = S.s;
+    lo.assign((long)KK * Wr, T(0)); m.assign(Wr, T(0)); s.assign(Wr, T(0));
+    HeadPlanes<T>& hp = S.hp;
     double mine[PHASES_FWD] = {};
     Timer tm(prof ? mine : nullptr);
 #pragma omp for schedule(dynamic)
@@ -213,7 +327,7 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
           for (int j = 0; j < W; ++j) { L[j] = exp_(L[j] - m[j]); s[j] += L[j]; }
         }
         T* ls = lse + hd * HW + (long)i * W;
-        for (int j = 0; j < W; ++j) { ls[j] = m[j] + std::log(s[j]); s[j] = T(1) / s[j]; }
+        for (int j = 0; j < W; ++j) { ls[j] = m[j] + log_(s[j]); s[j] = T(1) / s[j]; }
         for (int o = 0; o < KK; ++o) {
           T* __restrict L = &lo[(long)o * Wr];
           for (int j = 0; j < W; ++j) L[j] *= s[j];  // now the attention weights
@@ -243,10 +357,13 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
 #pragma omp parallel num_threads(nthreads)
   {
     FlushDenormals ftz;
-    std::vector<T> lo((long)KK * Wr), dsm(Wr), Pk((long)KK * Wr), Gk((long)KK * Wr), gr(2 * K * Wr);
-    std::vector<T> Ps(KK * HWp + JB), Gs(KK * HWp + JB);  // p and ds by key: plane o, padded position of the key
-    HeadPlanes<T> hp;
-    Padded<T> Go;
+    Scratch<T>& S = scratch<T>();
+    std::vector<T> &lo = S.lo, &dsm = S.dsm, &Pk = S.Pk, &Gk = S.Gk, &gr = S.gr, &Ps = S.Ps, &Gs = S.Gs;
+    lo.assign((long)KK * Wr, T(0)); dsm.assign(Wr, T(0)); Pk.assign((long)KK * Wr, T(0));
+    Gk.assign((long)KK * Wr, T(0)); gr.assign(2 * K * Wr, T(0));
+    Ps.assign(KK * HWp + JB, T(0)); Gs.assign(KK * HWp + JB, T(0));  // p and ds by key: plane o, padded key position
+    HeadPlanes<T>& hp = S.hp;
+    Padded<T>& Go = S.Go;
     const Padded<T> &Q = hp.Q, &Kp = hp.Kp, &Vp = hp.Vp, &RH = hp.RH, &RW = hp.RW;
     double mine[PHASES_BWD] = {};
     Timer tm(prof ? mine : nullptr);
@@ -271,22 +388,22 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
         for (int d = 0; d < D; ++d) for (int j = 0; j < W; ++j) dsm[j] += GO[d * HW + row + j] * O[d * HW + row + j];
         row_logits(P, Q, Kp, RH, RW, i, lo.data());
         tm.lap(1);
-        for (int o = 0; o < KK; ++o) {  // lo <- d loss / d logit = p * (dout.v - dsum)
-          T* L = &lo[(long)o * Wr];
-          for (int j0 = 0; j0 < W; j0 += JB) {
-            T dp[JB] = {};
-            for (int d = 0; d < D; ++d) {
-              const T* g = Go.at(d, qrow + j0); const T* x = Vp.at(d, (long)i * Wp + off[o] + j0);
-              for (int jj = 0; jj < JB; ++jj) dp[jj] += g[jj] * x[jj];
+        for (int a = 0; a < K; ++a)  // lo <- d loss / d logit = p * (dout.v - dsum)
+          for (int j0 = 0; j0 < W; j0 += JB)
+            for (int b0 = 0; b0 < K; b0 += RB) {
+              const int R = std::min(RB, K - b0), nj = std::min(JB, W - j0);
+              T dp[RB][JB] = {};
+              dots(R, Go.at(0, qrow + j0), Go.HWp, Vp.at(0, (long)(i + a) * Wp + b0 + j0), Vp.HWp, D, dp);
+              for (int r = 0; r < R; ++r) {
+                const int o = a * K + b0 + r;
+                T* L = &lo[(long)o * Wr];
+                T* ps = &Ps[o * HWp + (long)i * Wp + off[o] + j0]; T* gs = &Gs[o * HWp + (long)i * Wp + off[o] + j0];
+                for (int jj = 0; jj < nj; ++jj) {
+                  const T p = exp_(L[j0 + jj] - ls[j0 + jj]);
+                  ps[jj] = p; gs[jj] = L[j0 + jj] = p * (dp[r][jj] - dsm[j0 + jj]);
+                }
+              }
             }
-            const int nj = std::min(JB, W - j0);
-            T* ps = &Ps[o * HWp + (long)i * Wp + off[o] + j0]; T* gs = &Gs[o * HWp + (long)i * Wp + off[o] + j0];
-            for (int jj = 0; jj < nj; ++jj) {
-              const T p = exp_(L[j0 + jj] - ls[j0 + jj]);
-              ps[jj] = p; gs[jj] = L[j0 + jj] = p * (dp[jj] - dsm[j0 + jj]);
-            }
-          }
-        }
         tm.lap(2);
         for (int o = 0; o < 2 * K; ++o) std::fill(&gr[(long)o * Wr], &gr[(long)o * Wr] + W, T(0));
         for (int a = 0; a < K; ++a)  // d loss / d rh[a] and / d rw[b]: sums of ds over the window's rows and columns
@@ -304,9 +421,19 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
             for (int d = 0; d < D2; ++d) {
               T* __restrict dqd = DQ + (long)(half * D2 + d) * HW + row;
               const T* __restrict qd = Qh + (long)(half * D2 + d) * HW + row;
-              T acc = 0;
-              for (int j = 0; j < W; ++j) { dqd[j] += g[j] * table[d]; acc += g[j] * qd[j]; }
-              dR[(half * K + a) * D2 + d] += acc;
+              const T td = table[d];
+              V<T> acc = {};  // the sum over the row in JB lanes (a scalar sum would not vectorise)
+              int j = 0;
+              for (; j + JB <= W; j += JB) {
+                const V<T> gj = vload(g + j);
+                vstore(dqd + j, vload(dqd + j) + gj * td);
+                acc += gj * vload(qd + j);
+              }
+              T sum = 0, lanes[JB];
+              for (; j < W; ++j) { dqd[j] += g[j] * td; sum += g[j] * qd[j]; }
+              vstore(lanes, acc);
+              for (int jj = 0; jj < JB; ++jj) sum += lanes[jj];
+              dR[(half * K + a) * D2 + d] += sum;
             }
           }
         tm.lap(3);
