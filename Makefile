@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FLAGS ?=
 
-.PHONY: test demo demo-sweep imagenette imagenette-maps bench gpu-check readme sync-check readme-check lint nbtest clean-venv
+.PHONY: test demo demo-sweep imagenette imagenette-maps bench onnx-speed gpu-check readme sync-check readme-check lint nbtest clean-venv
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -83,3 +83,10 @@ MAPS_PHOTO ?= val/n03417042/ILSVRC2012_val_00006922.JPEG
 imagenette-maps: $(STAMP)
 	@$(VENV)/bin/sasa_maps $(DATA)/$(MAPS_PHOTO) --query 34 28 --out nbs/images/imagenette_attention_maps.png \
 	  --model results/imagenette/$(notdir $(DATA))-64px-5ep-bs32-lr0.002/sasa-seed42/weights.pth
+
+# an exported SASA-ResNet-26 on onnxruntime against PyTorch, on the CPU: results/onnx_speed.md (the README's figures)
+onnx-speed: $(STAMP)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -c "from pathlib import Path; from sasa_fastai.ecosystem import \
+	  onnx_speed, onnx_speed_markdown; from sasa_fastai.benchmark import machine_info, machine_line; \
+	  r = onnx_speed(); md = f'{machine_line(machine_info())}\n\n' + onnx_speed_markdown(r) + '\n'; print(md); \
+	  Path('results/onnx_speed.md').write_text('\`make onnx-speed\`\n\n' + md)"

@@ -19,6 +19,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 min_python = cfg['min_python']
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+timm_requirements = shlex.split(cfg.get('timm_requirements', ''))  # pip install sasa_fastai[timm]
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -34,7 +35,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={cfg['lib_name']: ['csrc/*.cpp']},  # the CPU kernel's source, compiled on first use
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'timm': timm_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),

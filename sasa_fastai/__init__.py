@@ -14,8 +14,15 @@ _NAMES = {'sasa_attention': 'attention', 'SASA2d': 'layers', 'SASAStem': 'layers
           'resnet26': 'models', 'resnet38': 'models', 'resnet50': 'models', 'resnet101': 'models',
           'sasa_resnet26': 'models', 'sasa_resnet38': 'models', 'sasa_resnet50': 'models', 'sasa_resnet101': 'models',
           'get_dls': 'data', 'get_learner': 'learner', 'save_weights': 'checkpoint', 'load_weights': 'checkpoint',
+          'save_pretrained': 'checkpoint', 'from_pretrained': 'checkpoint',
           'attention_maps': 'visualize', 'count_flops': 'flops'}
 __all__ = list(_NAMES)
+
+# fastai's `vision_learner` and timm's `create_model` know our models as soon as those libraries are imported (neither
+# is imported here: `import sasa_fastai` stays fast, and timm stays optional); see nbs/18_ecosystem.ipynb
+from .ecosystem import when_imported as _when_imported, register_fastai as _register_fastai, register_timm as _register_timm
+_when_imported('fastai.vision.learner', _register_fastai)
+_when_imported('timm', _register_timm)
 
 def __getattr__(name):
     if name not in _NAMES: raise AttributeError(f"module 'sasa_fastai' has no attribute {name!r}")

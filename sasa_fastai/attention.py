@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_attention.ipynb #72c66baa
 from __future__ import annotations
-import warnings
+import sys, warnings
 from contextlib import nullcontext
 import torch
 from .checks import check_choice, moved
@@ -32,12 +32,18 @@ def _fallback(backend, chosen, why):
         warnings.warn(f"sasa_fastai: backend={backend!r} {why}; using {chosen!r} instead", stacklevel=4)
     return chosen
 
+def _onnx_exporting():
+    "Whether `torch.onnx.export` is tracing (never, if `torch.onnx` was not even imported)."
+    onnx = sys.modules.get('torch.onnx')
+    return onnx is not None and onnx.is_in_onnx_export()
+
 def pick_backend(backend, # one of `BACKEND_NAMES`
                  x, # the input: its device decides
                  inference=False # whether the weights are needed
                 ) -> str:
     "The backend that will compute the attention on `x`'s device: 'auto' resolved, impossible choices replaced."
     check_choice('backend', backend, BACKEND_NAMES)
+    if _onnx_exporting(): return 'shift'  # standard operators only: the op has no ONNX translation
     cuda = x.device.type == 'cuda'
     if backend == 'auto': backend = 'triton' if cuda else 'native'
     if backend == 'native' and cuda: backend = _fallback('native', 'triton', 'runs on the CPU only')

@@ -145,8 +145,8 @@ def measure(spec, # a case from `layer_case` or `model_case`
         step(); sync()
         if i >= warmup: times.append((time.perf_counter() - t) * 1e3)
     res = dict(spec=spec, device=device, threads=torch.get_num_threads(), warmup=warmup, repeats=repeats,
-               time_ms=statistics.median(times) if times else None, times_ms=times, first_ms=first_ms, peak_mib=peak, base_mib=base,
-               peak_reset=reset)
+               time_ms=statistics.median(times) if times else None, times_ms=times, first_ms=first_ms, peak_mib=peak,
+               base_mib=base, peak_reset=reset)
     if spec['kind'] == 'model' and times: res['images_per_s'] = spec['batch'] / res['time_ms'] * 1e3
     if spec['kind'] == 'layer' and spec['impl'] == 'ours':
         res['backend'] = pick_backend('auto', torch.zeros(1, device=device))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_checkpoint.ipynb #69c95ae2
 from __future__ import annotations
-import os, pickle, random, secrets, time
+import json, os, pickle, random, secrets, time
 from contextlib import suppress
 from pathlib import Path
 import numpy as np
@@ -15,8 +15,8 @@ from .models import ResNet
 from .data import input_config
 
 # %% auto #0
-__all__ = ['WEIGHTS_FORMAT', 'STOP_ENV', 'atomic_write', 'read_plain', 'save_weights', 'load_weights', 'TrainingCheckpoint',
-           'load_checkpoint', 'restore_checkpoint']
+__all__ = ['WEIGHTS_FORMAT', 'PRETRAINED_FORMAT', 'STOP_ENV', 'atomic_write', 'read_plain', 'save_weights', 'load_weights',
+           'save_pretrained', 'from_pretrained', 'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint']
 
 # %% ../nbs/11_checkpoint.ipynb #c69a084c
 def atomic_write(path, # the file to (re)write
@@ -92,7 +92,64 @@ def load_weights(path, # a file written by `save_weights`
     model = ResNet(**data['model_kwargs'], inference=inference)
     model.load_state_dict(data['state_dict'])
     model.input_config = data.get('input')  # how images become inputs (None in files of format 1)
+    model.vocab = data['vocab']
     return model.eval(), data['vocab']
+
+# %% ../nbs/11_checkpoint.ipynb #abe04e34
+PRETRAINED_FORMAT = 'sasa_fastai.pretrained/1'
+
+def save_pretrained(learn, # a `Learner` of a sasa_fastai `ResNet`, or a model from `load_weights`/`from_pretrained`
+                    folder # the folder to write (created if needed)
+                   ) -> Path:
+    "Write `folder/model.safetensors` and `folder/config.json`: a model folder for the Hugging Face Hub."
+    from safetensors.torch import save_file
+    if isinstance(learn, torch.nn.Module):
+        m, vocab, inp, arch = _unwrap(learn), getattr(learn, 'vocab', None), getattr(learn, 'input_config', None), None
+    else:
+        m, vocab, inp = _unwrap(learn.model), [str(v) for v in learn.dls.vocab], input_config(learn.dls)
+        arch = getattr(learn, 'arch_name', None)
+    if not isinstance(m, ResNet):
+        raise ValueError(f'save_pretrained: the model is a {type(m).__name__}, not a sasa_fastai ResNet (as '
+                         "get_learner's are); a vision_learner model has fastai's head: keep it with learn.export")
+    config = {'format': PRETRAINED_FORMAT, 'library': 'sasa_fastai', 'arch': arch or 'ResNet',
+              'model_kwargs': m.config(), 'class_names': vocab, 'input': _plain(inp)}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+    atomic_write(folder / 'model.safetensors', lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}))
+    atomic_write(folder / 'config.json', lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
+    return folder
+
+# %% ../nbs/11_checkpoint.ipynb #64427c5b
+def _pretrained_folder(name, revision):
+    "The local folder of `name`: the folder itself, or the Hub repository `name` downloaded into the cache."
+    p = Path(name).expanduser()
+    if p.is_dir(): return p
+    if p.exists() or name.count('/') != 1 or name.startswith(('.', '/', '~')):
+        raise FileNotFoundError(f'{name} is not a model folder (with config.json and model.safetensors) nor a '
+                                "Hugging Face Hub repository id such as 'user/name'")
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(name, revision=revision, allow_patterns=['config.json', 'model.safetensors']))
+
+def from_pretrained(name, # a folder written by `save_pretrained`, or a Hub repository id ('user/name')
+                    inference=False, # SASA layers keep their attention weights (for plots)
+                    revision=None # a branch, tag or commit of the Hub repository
+                   ) -> ResNet:
+    "The model of a model folder, in eval mode, with `vocab` (class names) and `input_config` attributes."
+    from safetensors.torch import load_file
+    folder = _pretrained_folder(str(name), revision)
+    cfg_file, weights = folder / 'config.json', folder / 'model.safetensors'
+    for f in (cfg_file, weights):
+        if not f.is_file(): raise FileNotFoundError(f'{folder} has no {f.name}: it is not a model folder written by '
+                                                    'save_pretrained or sasa_train')
+    try: cfg = json.loads(cfg_file.read_text())
+    except (ValueError, UnicodeDecodeError): cfg = None
+    if not (isinstance(cfg, dict) and str(cfg.get('format', '')).startswith('sasa_fastai.pretrained/')):
+        raise ValueError(f'{cfg_file} is not the config of a sasa_fastai model folder (written by save_pretrained)')
+    model = ResNet(**cfg['model_kwargs'], inference=inference)
+    model.load_state_dict(load_file(str(weights)))
+    model.vocab, model.input_config = cfg.get('class_names'), cfg.get('input')
+    return model.eval()
 
 # %% ../nbs/11_checkpoint.ipynb #78e8f338
 def _loader_rngs(learn):

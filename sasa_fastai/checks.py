@@ -10,8 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['MIN_SIZE', 'invalid', 'check_int', 'check_positive', 'check_positives', 'check_number', 'check_fraction',
-           'check_choice', 'check_sasa_args', 'check_size', 'check_seed', 'check_file', 'writable_folder',
-           'writable_file', 'moved']
+           'check_choice', 'check_sasa_args', 'check_pretrained', 'check_size', 'check_seed', 'check_file',
+           'writable_folder', 'writable_file', 'moved']
 
 # %% ../nbs/00_checks.ipynb #ded411ce
 def invalid(name, # the argument's name, as the user writes it
@@ -91,6 +91,14 @@ def check_sasa_args(ni, # input channels
     check_int('nf', nf, lambda o: o > 0 and o % (2 * num_heads) == 0,
               f'a positive multiple of 2*num_heads={2 * num_heads} (output channels: each head splits its channels '
               f'between row and column offsets); change nf or num_heads')
+
+# %% ../nbs/00_checks.ipynb #a0de0328
+def check_pretrained(pretrained # the `pretrained` argument of a model constructor
+                    ) -> bool:
+    "`False`, or `invalid(...)`: sasa_fastai has no pretrained weights."
+    if pretrained: raise invalid('pretrained', pretrained, 'False: sasa_fastai has no pretrained weights (train a '
+                                 'model with get_learner, or load a model folder with from_pretrained)')
+    return False
 
 # %% ../nbs/00_checks.ipynb #47ef34a1
 MIN_SIZE = 32  # the ResNets downsample 32x: the smallest image that leaves one pixel at stage 4

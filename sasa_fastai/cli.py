@@ -85,7 +85,7 @@ def sasa_train(
                epochs:int=5, # epochs of one-cycle training
                lr:float=4e-3, # maximum learning rate of the one cycle
                seed:int=42, # random seed (fastai's set_seed, reproducible=True)
-               out:str='out', # output folder: export.pkl, weights.pth, history.csv, loss.png, checkpoint.pth
+               out:str='out', # output folder: export.pkl, weights.pth, model/, history.csv, loss.png, checkpoint.pth
                # share of each class held out for validation (stratified, the same every run) when --data is a folder
                # of <class>/ subfolders without train/ and val/
                valid_pct:float=0.2,
@@ -101,12 +101,17 @@ def sasa_train(
                        kernel_size, num_heads, resume)
 
 # %% ../nbs/17_cli.ipynb #697d34f0
-def load_model(path # a weights.pth (plain data) or an export.pkl (a pickle)
+def load_model(path # a weights.pth (plain data), a model folder (model.safetensors + config.json) or an export.pkl
               ):
-    ("`(model or Learner, class names)` from a file `sasa_train` wrote; "
+    ("`(model or Learner, class names)` from what `sasa_train` wrote; "
      "a `ValueError` naming `model` if it cannot be used.")
     from sasa_fastai.checks import check_file, invalid
-    p = check_file('model', path, 'a weights.pth or export.pkl written by sasa_train')
+    if Path(path).is_dir():
+        from sasa_fastai.checkpoint import from_pretrained
+        try: model = from_pretrained(path)
+        except (ValueError, FileNotFoundError) as e: raise invalid('model', str(path), f'a model folder: {e}') from None
+        return model, model.vocab
+    p = check_file('model', path, 'a weights.pth, model folder or export.pkl written by sasa_train')
     if p.suffix == '.pkl':
         print(f'note: {p.name} is a pickle, and loading a pickle can run code: load only files you trust '
               '(weights.pth holds plain data only)', file=sys.stderr, flush=True)
@@ -147,8 +152,8 @@ def _maps(image, model, out, query, heads, dpi):
 @call_parse
 @_exit_status
 def sasa_maps(image:str, # image file to look at
-              # trained model: weights.pth (plain data) or export.pkl (a pickle, which can run code when loaded:
-              # only load files you trust), as written by sasa_train
+              # trained model: weights.pth or the model/ folder (plain data), or export.pkl (a pickle, which can
+              # run code when loaded: only load files you trust), as written by sasa_train
               model:str='out/weights.pth',
               out:str='attention_maps.png', # PNG to write: the layers x heads grid of attention windows
               query:Param('Y X pixel in the transformed (model input) image; default: its centre', int, nargs=2)=None,

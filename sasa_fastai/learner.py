@@ -22,7 +22,7 @@ from .checks import MIN_SIZE, check_choice, check_number, check_positive, check_
 from .checks import moved, writable_folder
 from .models import ARCHS
 from .data import get_dls, dist_env
-from .checkpoint import (TrainingCheckpoint, atomic_write, save_weights, load_checkpoint,
+from .checkpoint import (TrainingCheckpoint, atomic_write, save_weights, save_pretrained, load_checkpoint,
                                     restore_checkpoint)
 from .visualize import attention_maps  # patches Learner.attention_maps
 
@@ -235,9 +235,10 @@ def train(data='digits', # dataset name, image folder (either layout) or `DataLo
     files = [out / 'export.pkl', out / 'weights.pth', out / 'history.csv', out / 'loss.png', out / 'checkpoint.pth']
     atomic_write(files[0], lambda tmp: learn.export(tmp.absolute()))  # (fastai exports to learn.path / fname)
     save_weights(learn, files[1])
+    folder = save_pretrained(learn, out / 'model')  # model.safetensors + config.json: a folder for the Hugging Face Hub
     _save_loss_plot(learn, files[3], f'{arch} on {data}: loss')
     acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]
-    print(f'wrote {out}: {file_sizes(*files)}')
+    print(f'wrote {out}: {file_sizes(*files)}; model/: {file_sizes(*sorted(folder.iterdir()))}')
     print(f'final validation accuracy: {acc:.4f}', flush=True)
     return learn
 

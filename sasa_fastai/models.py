@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 import torch.nn as nn
-from fastcore.basics import store_attr
-from .checks import MIN_SIZE, check_choice, check_positive, check_positives, check_sasa_args, invalid
+from fastcore.basics import patch, store_attr
+from .checks import (MIN_SIZE, check_choice, check_int, check_positive, check_positives, check_pretrained,
+                                check_sasa_args, invalid)
 from .layers import SASA2d, SASAStem
 
 # %% auto #0
@@ -66,7 +67,7 @@ class ResNet(nn.Sequential):
                  stem='conv', # 'conv' (7x7 conv + max pool) or 'attention' (the paper's spatially-aware stem)
                  kernel_size=7, # SASA window
                  num_heads=8, # SASA heads
-                 n_out=1000, # classes
+                 n_out=1000, # classes (0: no classifier, the model returns the pooled features)
                  n_in=3, # input channels
                  inference=False, # SASA layers keep their last attention weights
                  masked=False, # SASA layers leave out-of-image positions out of the softmax
@@ -74,7 +75,7 @@ class ResNet(nn.Sequential):
         check_choice('stem', stem, STEMS)
         layers = check_positives('layers', layers, 4, '[3, 4, 6, 3] (blocks per stage)')
         widths = check_positives('widths', widths, 4, f'{list(WIDTHS)} (bottleneck widths)')
-        check_positive('n_out', n_out, '(the number of classes)')
+        check_int('n_out', n_out, lambda o: o >= 0, 'a number of classes, or 0 for no classifier')
         check_positive('n_in', n_in, '(image channels)')
         for w in widths: check_sasa_args(w, w, kernel_size, 1, num_heads)
         spec = stage_spec(attention)
@@ -88,7 +89,8 @@ class ResNet(nn.Sequential):
                       for j in range(n)]
             stages.append((f'stage{i + 1}', nn.Sequential(*blocks)))
             ni = w * 4
-        head = [('avgpool', nn.AdaptiveAvgPool2d(1)), ('flatten', nn.Flatten()), ('fc', nn.Linear(ni, n_out))]
+        head = [('avgpool', nn.AdaptiveAvgPool2d(1)), ('flatten', nn.Flatten()),
+                ('fc', nn.Linear(ni, n_out) if n_out else nn.Identity())]
         super().__init__(OrderedDict(stem_layers + stages + head))
         store_attr('layers,kernel_size,num_heads,n_out,n_in,masked')
         self.widths, self.stem_type, self.attention = tuple(widths), stem, spec
@@ -105,7 +107,10 @@ class ResNet(nn.Sequential):
 DEPTHS = {26: [1, 2, 4, 1], 38: [2, 3, 5, 2], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 
 def _family(depth, attention):
-    def make(**kwargs): return ResNet(DEPTHS[depth], **{'attention': attention, **kwargs})
+    def make(pretrained=False, # no pretrained weights exist: True is an error (fastai and timm pass this argument)
+             **kwargs):
+        check_pretrained(pretrained)
+        return ResNet(DEPTHS[depth], **{'attention': attention, **kwargs})
     make.__name__ = f'{"sasa_" if attention else ""}resnet{depth}'
     make.__qualname__ = make.__name__
     make.__doc__ = (f'ResNet-{depth} (V1.5) with ' + ('SASA in every stage' if attention else '3x3 convolutions') +
@@ -116,3 +121,43 @@ resnet26, resnet38, resnet50, resnet101 = (_family(d, False) for d in DEPTHS)
 sasa_resnet26, sasa_resnet38, sasa_resnet50, sasa_resnet101 = (_family(d, True) for d in DEPTHS)
 ARCHS = {f.__name__: f for f in (resnet26, resnet38, resnet50, resnet101,
                                  sasa_resnet26, sasa_resnet38, sasa_resnet50, sasa_resnet101)}
+
+# %% ../nbs/08_models.ipynb #c67750b4
+@patch(as_prop=True)
+def num_features(self:ResNet) -> int:
+    "Channels of the last stage's output, the classifier's input."
+    return self.widths[-1] * Bottleneck.expansion
+
+@patch(as_prop=True)
+def num_classes(self:ResNet) -> int:
+    "The classifier's outputs (0: none); timm's name for `n_out`."
+    return self.n_out
+
+@patch
+def forward_features(self:ResNet, x):
+    "The last stage's feature map, `[B, num_features, H/32, W/32]`."
+    for name, m in self.named_children():
+        if name == 'avgpool': return x
+        x = m(x)
+
+@patch
+def forward_head(self:ResNet, x, pre_logits=False):
+    "Global average pooling, then (unless `pre_logits`) the classifier."
+    x = self.flatten(self.avgpool(x))
+    return x if pre_logits else self.fc(x)
+
+# %% ../nbs/08_models.ipynb #ca8154b1
+@patch
+def reset_classifier(self:ResNet, num_classes:int, # outputs of the new classifier (0: none, the pooled features)
+                     global_pool=None): # (timm's argument; the pooling is always the average)
+    "A new, freshly initialised classifier for `num_classes`."
+    check_int('num_classes', num_classes, lambda o: o >= 0, 'a number of classes, or 0 for no classifier')
+    self.n_out = num_classes
+    self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+@patch(as_prop=True)
+def feature_info(self:ResNet) -> list:
+    "The stem's and each stage's output: module name, channels, downsampling (timm's `features_only` reads it)."
+    stem = [dict(module='stem', num_chs=self.widths[0], reduction=4 if self.stem_type == 'attention' else 2)]
+    return stem + [dict(module=f'stage{i + 1}', num_chs=w * Bottleneck.expansion, reduction=2 ** (i + 2))
+                   for i, w in enumerate(self.widths)]
