@@ -22,9 +22,11 @@ def project(x, # input `[B, ni, H, W]`
 def project_backward(x, w_qkv, dqkv):
     "Gradients of `project` for the input and the weight, from the gradient `dqkv` of its output."
     if x.is_contiguous() and dqkv.is_contiguous():  # NCHW: batched matrix products, no copies (fastest on the CPU)
-        d = dqkv.flatten(2)
-        return (torch.bmm(w_qkv.t().expand(x.shape[0], -1, -1), d).view_as(x),
-                torch.bmm(d, x.flatten(2).transpose(1, 2)).sum(0))
+        d, (B, C, H, W) = dqkv.flatten(2), x.shape
+        dx = torch.bmm(w_qkv.t().expand(B, -1, -1), d).view_as(x)
+        if H * W >= C: return dx, torch.bmm(d, x.flatten(2).transpose(1, 2)).sum(0)
+        # small maps: the per-image products [B, 3C, C] would outweigh the data; one product over all pixels instead
+        return dx, torch.mm(dqkv.transpose(0, 1).reshape(dqkv.shape[1], -1), x.transpose(0, 1).reshape(C, -1).t())
     return F.conv2d(dqkv, w_qkv.t()[:, :, None, None]), torch.einsum('bohw,bihw->oi', dqkv, x)  # e.g. channels-last
 
 def split_heads(qkv, # `[B, 3C, H, W]`, the output of `project`
