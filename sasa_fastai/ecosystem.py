@@ -13,16 +13,19 @@ __all__ = ['TIMM_NAMES', 'default_cfgs', 'when_imported', 'fastai_split', 'regis
 # %% ../nbs/18_ecosystem.ipynb #cce3bb16
 class _AfterImport(importlib.abc.MetaPathFinder):
     "An import hook: lets the module `name` load as usual, then calls `fn()` (once)."
-    def __init__(self, name, fn): self.name, self.fn = name, fn
+    def __init__(self, name, fn): self.name, self.fn, self.busy = name, fn, False
     def find_spec(self, fullname, path, target=None):
-        if fullname != self.name: return None
-        sys.meta_path.remove(self)  # the real finders find it; this hook only wraps the loading
-        spec = importlib.util.find_spec(fullname)
+        if fullname != self.name or self.busy: return None
+        self.busy = True  # the other finders find it; this hook only wraps its loading
+        try: spec = importlib.util.find_spec(fullname)
+        finally: self.busy = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module'): return spec
-        load = spec.loader.exec_module
+        load, hook = spec.loader.exec_module, self
         def exec_module(module):
             load(module)
-            _call(self.fn, self.name)
+            if hook in sys.meta_path:  # (a spec asked for without importing, as availability checks do, runs nothing)
+                sys.meta_path.remove(hook)
+                _call(hook.fn, hook.name)
         spec.loader.exec_module = exec_module
         return spec
 
