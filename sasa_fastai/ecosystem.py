@@ -135,6 +135,7 @@ def onnx_speed_markdown(r):
     "The README's lines for a result of `onnx_speed`."
     return (f"| {r['arch']}, {r['size']} px, batch {r['batch']}, {r['threads']} threads | PyTorch (native kernel) | "
             f"onnxruntime {r['ort_version']} (exported) | onnxruntime / PyTorch |\n|---|---:|---:|---:|\n"
-            f"| forward, median ms | {r['torch_ms']:.0f} | {r['onnx_ms']:.0f} | {r['onnx_ms'] / r['torch_ms']:.2f}x |\n\n"
+            f"| forward, median ms | {r['torch_ms']:.0f} | {r['onnx_ms']:.0f} | "
+            f"{r['onnx_ms'] / r['torch_ms']:.2f}x |\n\n"
             f"Largest difference of the logits, relative to the largest logit: {r['rel_err']:.1e}; "
             f"export took {r['export_s']:.0f} s.")
