@@ -7,18 +7,18 @@ from __future__ import annotations
 import sys, warnings
 from contextlib import nullcontext
 import torch
-from .checks import check_choice, moved
+from .checks import check_choice
 from .core import project, split_heads, reference_backend, shift_backend
 from .flex import flex_backend
 from .native import native_library
-from .ops import sasa_fwd, KERNELS
+from .ops import sasa_fwd, OP_BACKENDS
 
 # %% auto #0
 __all__ = ['BACKENDS', 'BACKEND_NAMES', 'pick_backend', 'sasa_attention']
 
 # %% ../nbs/06_attention.ipynb #5af94685
 BACKENDS = dict(reference=reference_backend, shift=shift_backend, flex=flex_backend)  # backends on q, k, v
-BACKEND_NAMES = ('auto', *KERNELS, *BACKENDS)
+BACKEND_NAMES = ('auto', *OP_BACKENDS, *BACKENDS)
 _warned = set()
 
 def _has_triton():
@@ -32,6 +32,7 @@ def _fallback(backend, chosen, why):
         warnings.warn(f"sasa_fastai: backend={backend!r} {why}; using {chosen!r} instead", stacklevel=4)
     return chosen
 
+# %% ../nbs/06_attention.ipynb #0a14ec61
 def _onnx_exporting():
     "Whether `torch.onnx.export` is tracing (never, if `torch.onnx` was not even imported)."
     onnx = sys.modules.get('torch.onnx')
@@ -49,6 +50,8 @@ def pick_backend(backend, # one of `BACKEND_NAMES`
     if backend == 'native' and cuda: backend = _fallback('native', 'triton', 'runs on the CPU only')
     if backend == 'flex' and inference:
         backend = _fallback('flex', 'triton' if cuda else 'shift', 'cannot return the weights (inference=True)')
+    if backend == 'triton' and x.dtype == torch.float64:  # the Triton kernel accumulates in float32
+        backend = _fallback('triton', 'shift' if cuda else 'native', 'computes in float32, not float64')
     if backend == 'triton' and not _has_triton():
         backend = _fallback('triton', 'shift' if cuda else 'native', 'needs the triton package (pip install triton)')
     if backend == 'native' and native_library() is None:
@@ -63,6 +66,7 @@ def _cast(x, w_qkv, rel_h, rel_w):
     rel = torch.float64 if x.dtype == torch.float64 else torch.float32
     return x, w_qkv.to(x.dtype), rel_h.to(rel), rel_w.to(rel)
 
+# %% ../nbs/06_attention.ipynb #5f4ad769
 def sasa_attention(x, # input `[B, ni, H, W]`
                    w_qkv, # dense 1x1 projection `[3 nf, ni]`: queries, keys, values (each head-major)
                    rel_h, # row-offset table `[k, N, d/2]` (k offsets, N heads, half of each head's d dims)
@@ -73,18 +77,13 @@ def sasa_attention(x, # input `[B, ni, H, W]`
                    inference=False # also return the weights `[B, N, H, W, k, k]`
                   ):
     "SASA: project to q, k, v; for every pixel, softmax over its k x k window of `q.k + q.r`; weighted sum of values."
-    (ks, N), (B, _, H, W), dtype = rel_h.shape[:2], x.shape, x.dtype
+    N, dtype = rel_h.shape[1], x.dtype
     name = pick_backend(backend, x, inference)
     x, w_qkv, rel_h, rel_w = _cast(x, w_qkv, rel_h, rel_w)
     with torch.autocast(x.device.type, enabled=False) if x.device.type in ('cpu', 'cuda') else nullcontext():
-        if name in KERNELS:
+        if name in OP_BACKENDS:
             out, _, w = sasa_fwd(x, w_qkv, rel_h, rel_w, masked, inference, name)
         else:
             out, w = BACKENDS[name](*split_heads(project(x, w_qkv), N), rel_h, rel_w, masked, inference)
             out = out.flatten(1, 2)
-    w = w.unflatten(2, (ks, ks)).permute(0, 1, 4, 5, 2, 3) if inference else None
-    return out.to(dtype), w
-
-# %% ../nbs/06_attention.ipynb #6ef3a00c
-__getattr__ = moved(__name__, {'SASA2d': 'layers.SASA2d', 'SASAStem': 'layers.SASAStem',
-                               'check_sasa_args': 'checks.check_sasa_args'})
+    return out.to(dtype), (w if inference else None)

@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_checks.ipynb #817eacbe
 from __future__ import annotations
-import math, numbers, os, tempfile, warnings, importlib
+import math, numbers, os, tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['MIN_SIZE', 'invalid', 'check_int', 'check_positive', 'check_positives', 'check_number', 'check_fraction',
-           'check_choice', 'check_sasa_args', 'check_pretrained', 'check_size', 'check_seed', 'check_file',
-           'writable_folder', 'writable_file', 'moved']
+           'check_choice', 'check_sasa_args', 'check_input', 'check_pretrained', 'check_size', 'check_seed',
+           'check_file', 'writable_folder', 'writable_file', 'check_batches']
 
 # %% ../nbs/00_checks.ipynb #ded411ce
 def invalid(name, # the argument's name, as the user writes it
@@ -76,21 +76,37 @@ def check_choice(name, # the argument's name
     return value
 
 # %% ../nbs/00_checks.ipynb #71905921
-def check_sasa_args(ni, # input channels
-                    nf, # output channels
+def check_sasa_args(in_channels, # input channels
+                    out_channels, # output channels
                     kernel_size, # window size
                     stride, # 1 or 2
-                    num_heads # attention heads
+                    num_heads, # attention heads
+                    out_name='out_channels' # what the user calls the output channels
                    ):
     "Raise `invalid(...)` for the first argument from which a SASA layer cannot be built."
-    check_positive('ni', ni, '(input channels)')
+    check_positive('in_channels', in_channels, '(input channels)')
     check_int('kernel_size', kernel_size, lambda o: o > 0 and o % 2 == 1,
               'a positive odd integer, so the window is centred on its pixel (e.g. 3, 5 or 7)')
     check_int('stride', stride, lambda o: o in (1, 2), '1 or 2 (2 = attention then 2x2 average pooling)')
     check_positive('num_heads', num_heads)
-    check_int('nf', nf, lambda o: o > 0 and o % (2 * num_heads) == 0,
-              f'a positive multiple of 2*num_heads={2 * num_heads} (output channels: each head splits its channels '
-              f'between row and column offsets); change nf or num_heads')
+    check_int(out_name, out_channels, lambda o: o > 0 and o % (2 * num_heads) == 0,
+              f'a positive multiple of 2*num_heads={2 * num_heads} (each head splits its channels between row and '
+              f'column offsets); change {out_name} or num_heads')
+
+# %% ../nbs/00_checks.ipynb #294be581
+def check_input(x, # the tensor given to a layer
+                in_channels, # the channels the layer was built for
+                layer='SASA2d' # the layer, for the message
+               ):
+    "A `ValueError` unless `x` is `[B, in_channels, H, W]`, saying what was given and how to fix it."
+    shape = tuple(getattr(x, 'shape', ()))
+    if len(shape) != 4:
+        fix = ': add the batch dimension with x[None] (or x.unsqueeze(0))' if len(shape) == 3 else ''
+        raise ValueError(f'{layer} expected [B, C, H, W] (a batch of images), got a {len(shape)}-D tensor {list(shape)}'
+                         + fix)
+    if shape[1] != in_channels:
+        raise ValueError(f'{layer} expected {in_channels} input channels (in_channels={in_channels}), got '
+                         f'{shape[1]} in {list(shape)}')
 
 # %% ../nbs/00_checks.ipynb #a0de0328
 def check_pretrained(pretrained # the `pretrained` argument of a model constructor
@@ -153,16 +169,13 @@ def writable_file(name, # the argument's name
         raise invalid(name, str(path), f'a file in a folder you can write to ({why}); choose another one')
     return p
 
-# %% ../nbs/00_checks.ipynb #5f867a84
-def moved(module, # the module that lost the names (`__name__`)
-          names # old name -> 'new_module.new_name' (relative to the package)
-         ):
-    "A module `__getattr__` that serves old names from their new home, with a `FutureWarning`."
-    pkg = module.rsplit('.', 1)[0]
-    def __getattr__(name):
-        if name not in names: raise AttributeError(f'module {module!r} has no attribute {name!r}')
-        where, new = names[name].rsplit('.', 1)
-        warnings.warn(f'{module}.{name} is now {pkg}.{where}.{new}; the old name will be removed in the next release',
-                      FutureWarning, stacklevel=2)
-        return getattr(importlib.import_module(f'{pkg}.{where}'), new)
-    return __getattr__
+# %% ../nbs/00_checks.ipynb #5f2581ce
+def check_batches(dl, # a training `DataLoader` (its `dataset` and `drop_last` are read)
+                  bs, # the batch size
+                  world=1 # processes sharing the data
+                 ):
+    "`invalid('bs', ...)` if `dl` cannot fill one batch of `bs` images per process."
+    n = len(dl.dataset) // world
+    if n < bs and getattr(dl, 'drop_last', True):
+        share = f' per process ({len(dl.dataset)} images, {world} processes)' if world > 1 else ''
+        raise invalid('bs', bs, f'<= {n}: the training set has only {n} images{share}, not one full batch')

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch, torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['project', 'project_backward', 'split_heads', 'memory_format', 'rel_logits', 'reference_logits', 'reference_backend',
-           'shift_backend', 'attention_inputs', 'rel_err', 'kernel_errors']
+__all__ = ['project', 'project_backward', 'split_heads', 'memory_format', 'rel_logits', 'pixel_weights', 'window_major',
+           'reference_logits', 'reference_backend', 'shift_backend']
 
 # %% ../nbs/01_core.ipynb #a782ffa9
 def project(x, # input `[B, ni, H, W]`
@@ -53,13 +53,26 @@ def rel_logits(q, # queries `[B, N, d, *spatial]`
     r = rel @ q.reshape(B, N, 2, D // 2, -1)  # one batched matrix product: [B, N, 2, k, pixels]
     return r[:, :, 0].unflatten(-1, spatial), r[:, :, 1].unflatten(-1, spatial)
 
+# %% ../nbs/01_core.ipynb #54664cfd
+def pixel_weights(w # window-major weights `[B, N, k*k, H, W]`, or `None`
+                 ):
+    "The weights as users see them: `[B, N, H, W, k, k]`, every pixel's window (a view)."
+    if w is None: return None
+    ks = round(w.shape[2] ** 0.5)
+    return w.unflatten(2, (ks, ks)).permute(0, 1, 4, 5, 2, 3)
+
+def window_major(w # weights `[B, N, H, W, k, k]`, or `None`
+                ):
+    "Back to the kernels' layout `[B, N, k*k, H, W]` (a view)."
+    return None if w is None else w.flatten(-2).permute(0, 1, 4, 2, 3)
+
 # %% ../nbs/01_core.ipynb #8771925f
 def _windows(t, ks):
     "The k*k window around every pixel of `[..., H, W]`, zero outside the image: `[..., H, W, k*k]` (a copy)."
     p = ks // 2
     return F.pad(t, (p, p, p, p)).unfold(-2, ks, 1).unfold(-2, ks, 1).flatten(-2)
 
-def _rel(rh, rw):
+def _offset_logits(rh, rw):
     "`q.r` for every window offset, `[B, N, k*k, H, W]`."
     return (rh[:, :, :, None] + rw[:, :, None, :]).flatten(2, 3)
 
@@ -72,12 +85,12 @@ def _mask(logit, masked, ks):
 def reference_logits(q, k, rel_h, rel_w, masked=False):
     "Every logit `q.k + q.r` of every window offset, `[B, N, k*k, H, W]` (`-inf` where `masked` leaves it out)."
     ks, (rh, rw) = rel_h.shape[0], rel_logits(q, rel_h, rel_w)
-    return _mask(torch.einsum('bndhw,bndhwo->bnohw', q, _windows(k, ks)) + _rel(rh, rw), masked, ks)
+    return _mask(torch.einsum('bndhw,bndhwo->bnohw', q, _windows(k, ks)) + _offset_logits(rh, rw), masked, ks)
 
 def reference_backend(q, k, v, rel_h, rel_w, masked=False, inference=False):
     "The k*k-copies formulation: gather every window, then softmax(q.k + q.r) and a weighted sum."
     w = reference_logits(q, k, rel_h, rel_w, masked).softmax(2)
-    return torch.einsum('bnohw,bndhwo->bndhw', w, _windows(v, rel_h.shape[0])), (w if inference else None)
+    return torch.einsum('bnohw,bndhwo->bndhw', w, _windows(v, rel_h.shape[0])), (pixel_weights(w) if inference else None)
 
 # %% ../nbs/01_core.ipynb #12044316
 def shift_backend(q, k, v, rel_h, rel_w, masked=False, inference=False):
@@ -87,44 +100,6 @@ def shift_backend(q, k, v, rel_h, rel_w, masked=False, inference=False):
     kp, vp = F.pad(k, (p, p, p, p)), F.pad(v, (p, p, p, p))
     offsets = [(a, b) for a in range(ks) for b in range(ks)]
     logit = torch.stack([(q * kp[..., a:a + H, b:b + W]).sum(2) for a, b in offsets], 2)
-    w = _mask(logit + _rel(rh, rw), masked, ks).softmax(2)
+    w = _mask(logit + _offset_logits(rh, rw), masked, ks).softmax(2)
     out = sum(w[:, :, o, None] * vp[..., a:a + H, b:b + W] for o, (a, b) in enumerate(offsets))
-    return out, (w if inference else None)
-
-# %% ../nbs/01_core.ipynb #fd77a286
-def attention_inputs(B=2, C=8, H=6, W=5, N=2, ks=3, dtype=torch.float32, device='cpu', seed=0):
-    "Random `x, w_qkv, rel_h, rel_w` for a SASA layer of C -> C channels with N heads (requiring grad)."
-    g = torch.Generator().manual_seed(seed)
-    mk = lambda *s, std=1.: (torch.randn(*s, generator=g, dtype=dtype) * std).to(device).requires_grad_()
-    return mk(B, C, H, W), mk(3 * C, C, std=C ** -0.5), mk(ks, N, C // N // 2), mk(ks, N, C // N // 2)
-
-def rel_err(a, # the tensor under test
-            b # the reference
-           ) -> float:
-    "max |a - b| / max(1, max |b|)."
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1)).item()
-
-# %% ../nbs/01_core.ipynb #da605435
-def kernel_errors(forward, # a kernel's forward, see above
-                  backward, # its backward
-                  inputs, # `attention_inputs(...)`
-                  masked=False, # border mode
-                  device=None # where the kernel runs (default: the inputs' device)
-                 ) -> dict:
-    "`rel_err` of a kernel pair against autograd through `reference_backend`: out, lse, weights and every gradient."
-    x, w_qkv, rel_h, rel_w = (t.detach() for t in inputs)
-    N = rel_h.shape[1]
-    qkv = project(x, w_qkv).double().requires_grad_()
-    rh, rw = rel_h.double().requires_grad_(), rel_w.double().requires_grad_()
-    q, k, v = split_heads(qkv, N)
-    out, w = reference_backend(q, k, v, rh, rw, masked, inference=True)
-    lse = reference_logits(q, k, rh, rw, masked).logsumexp(2)
-    out = out.flatten(1, 2)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    gq, gh, gw = torch.autograd.grad(out, (qkv, rh, rw), dout)
-    dev = device or x.device
-    kq, kh, kw = (t.to(dev, x.dtype) for t in (qkv.detach(), rel_h, rel_w))
-    o, l, wt = forward(kq, kh, kw, N, masked, True)
-    dq, dh, dw = backward(kq, kh, kw, N, masked, o, l, dout.to(dev, x.dtype))
-    pairs = dict(out=(o, out), lse=(l, lse), weights=(wt, w), dqkv=(dq, gq), drel_h=(dh, gh), drel_w=(dw, gw))
-    return {n: rel_err(a.cpu(), b.detach()) for n, (a, b) in pairs.items()}
+    return out, (pixel_weights(w) if inference else None)

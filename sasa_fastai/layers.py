@@ -6,7 +6,8 @@
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.basics import store_attr
-from .checks import check_sasa_args, check_positive
+from fastcore.basics import patch
+from .checks import check_sasa_args, check_positive, check_input
 from .core import rel_logits
 from .attention import sasa_attention
 
@@ -16,32 +17,33 @@ __all__ = ['SASA2d', 'SASAStem']
 # %% ../nbs/07_layers.ipynb #3dafe2e6
 class SASA2d(nn.Module):
     "Stand-alone self-attention over the `kernel_size` window centred on each pixel (Ramachandran et al. 2019)."
-    def __init__(self, ni, # input channels
-                 nf, # output channels (a multiple of 2*num_heads)
+    def __init__(self, in_channels, # input channels
+                 out_channels, # output channels (a multiple of 2*num_heads)
                  kernel_size=7, # spatial extent k of the window (odd)
                  stride=1, # 1, or 2 for attention then 2x2 average pooling
-                 num_heads=8, # attention heads, each with nf/num_heads channels
+                 num_heads=8, # attention heads, each with out_channels/num_heads channels
                  inference=False, # keep the last forward's attention weights in `attn_weights`
                  masked=False, # leave out-of-image positions out of the softmax
                  backend='auto'): # attention backend, see `sasa_attention`
         super().__init__()
-        check_sasa_args(ni, nf, kernel_size, stride, num_heads)
-        store_attr('ni,nf,kernel_size,stride,num_heads,inference,masked,backend')
-        self.qkv = nn.Conv2d(ni, 3 * nf, 1, bias=False)
-        self.rel_h = nn.Parameter(torch.empty(kernel_size, nf // 2))
-        self.rel_w = nn.Parameter(torch.empty(kernel_size, nf // 2))
+        check_sasa_args(in_channels, out_channels, kernel_size, stride, num_heads)
+        store_attr('in_channels,out_channels,kernel_size,stride,num_heads,inference,masked,backend')
+        self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)
+        self.rel_h = nn.Parameter(torch.empty(kernel_size, out_channels // 2))
+        self.rel_w = nn.Parameter(torch.empty(kernel_size, out_channels // 2))
         self.pool = nn.AvgPool2d(2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.attn_weights = None
         self.reset_parameters()
 
     def reset_parameters(self):
-        d = self.nf // self.num_heads
-        nn.init.normal_(self.qkv.weight, std=self.ni ** -0.5)
-        with torch.no_grad(): self.qkv.weight[:2 * self.nf] *= d ** -0.25
+        d = self.out_channels // self.num_heads
+        nn.init.normal_(self.qkv.weight, std=self.in_channels ** -0.5)
+        with torch.no_grad(): self.qkv.weight[:2 * self.out_channels] *= d ** -0.25
         nn.init.normal_(self.rel_h, std=d ** -0.5)
         nn.init.normal_(self.rel_w, std=d ** -0.5)
 
     def forward(self, x):
+        check_input(x, self.in_channels, 'SASA2d')
         rel = lambda t: t.view(self.kernel_size, self.num_heads, -1)
         out, w = sasa_attention(x, self.qkv.weight.flatten(1), rel(self.rel_h), rel(self.rel_w), self.masked,
                                 self.backend, self.inference)
@@ -49,59 +51,65 @@ class SASA2d(nn.Module):
         return self.pool(out)
 
     def extra_repr(self):
-        return (f'{self.ni}, {self.nf}, kernel_size={self.kernel_size}, stride={self.stride}, '
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'num_heads={self.num_heads}' + (', masked=True' if self.masked else ''))
 
 # %% ../nbs/07_layers.ipynb #8ee89026
 class SASAStem(nn.Module):
     ("The paper's attention stem: spatially-aware values, attention inside each `block` x `block` patch, "
      "BN, ReLU, max pool.")
-    def __init__(self, ni=3, # input channels
-                 nf=64, # output channels (a multiple of 2*num_heads)
+    def __init__(self, in_channels=3, # input channels
+                 out_channels=64, # output channels (a multiple of 2*num_heads)
                  block=4, # side of the blocks attention runs in, and of the max pool
                  num_heads=8, # attention heads
                  n_values=4, # m, the number of value projections mixed by position
                  inference=False): # keep the last forward's weights in `attn_weights`
         super().__init__()
-        check_sasa_args(ni, nf, 1, 1, num_heads)
+        check_sasa_args(in_channels, out_channels, 1, 1, num_heads)
         check_positive('block', block, '(the paper uses 4)')
         check_positive('n_values', n_values, '(the paper does not say; 4 is common)')
-        store_attr('ni,nf,block,num_heads,n_values,inference')
-        d = nf // num_heads
-        self.qk = nn.Conv2d(ni, 2 * nf, 1, bias=False)
-        self.values = nn.Conv2d(ni, n_values * nf, 1, bias=False)  # W_V^1 .. W_V^m
+        store_attr('in_channels,out_channels,block,num_heads,n_values,inference')
+        d, nf = out_channels // num_heads, out_channels
+        self.qk = nn.Conv2d(in_channels, 2 * nf, 1, bias=False)
+        self.values = nn.Conv2d(in_channels, n_values * nf, 1, bias=False)  # W_V^1 .. W_V^m
         self.emb_row, self.emb_col = (nn.Parameter(torch.randn(block, nf) * nf ** -0.5) for _ in range(2))
         self.nu = nn.Parameter(torch.randn(n_values, nf) * nf ** -0.5)
         self.rel_h, self.rel_w = (nn.Parameter(torch.randn(2 * block - 1, nf // 2) * d ** -0.5) for _ in range(2))
-        nn.init.normal_(self.qk.weight, std=ni ** -0.5 * d ** -0.25)
-        nn.init.normal_(self.values.weight, std=ni ** -0.5)
+        nn.init.normal_(self.qk.weight, std=in_channels ** -0.5 * d ** -0.25)
+        nn.init.normal_(self.values.weight, std=in_channels ** -0.5)
         self.bn, self.act, self.pool = nn.BatchNorm2d(nf), nn.ReLU(inplace=True), nn.MaxPool2d(block, ceil_mode=True)
         i = torch.arange(block * block)
         self.register_buffer('_ridx', (i[None] // block - i[:, None] // block) + block - 1, persistent=False)
         self.register_buffer('_cidx', (i[None] % block - i[:, None] % block) + block - 1, persistent=False)
         self.attn_weights = None
 
-    def value_mix(self):
-        "p(a,b,m): softmax over the m value projections at each in-block position, `[block, block, m]`."
-        return ((self.emb_row[:, None] + self.emb_col[None]) @ self.nu.T).softmax(-1)
+# %% ../nbs/07_layers.ipynb #546dced2
+@patch
+def value_mix(self:SASAStem):
+    "p(a,b,m): softmax over the m value projections at each in-block position, `[block, block, m]`."
+    return ((self.emb_row[:, None] + self.emb_col[None]) @ self.nu.T).softmax(-1)
 
-    def forward(self, x):
-        B, _, H, W = x.shape
-        s, N, D = self.block, self.num_heads, self.nf // self.num_heads
-        x = F.pad(x, (0, -W % s, 0, -H % s))
-        nh, nw = x.shape[2] // s, x.shape[3] // s
-        q, k = self.qk(x).chunk(2, 1)
-        v = torch.einsum('bmchw,hwm->bchw', self.values(x).unflatten(1, (self.n_values, self.nf)),
-                         self.value_mix().repeat(nh, nw, 1))
-        # [B, C, nh*s, nw*s] -> [B, N, D, nh, nw, t]: t = the s*s pixels of a block
-        blocks = lambda t: t.reshape(B, N, D, nh, s, nw, s).transpose(4, 5).reshape(B, N, D, nh, nw, s * s)
-        q, k, v = blocks(q), blocks(k), blocks(v)
-        rel = lambda t: t.view(2 * s - 1, N, D // 2)
-        rh, rw = (r.movedim(2, -1) for r in rel_logits(q, rel(self.rel_h), rel(self.rel_w)))  # [B, N, nh, nw, t, 2s-1]
-        pick = lambda r, idx: r.gather(-1, idx.expand(*r.shape[:-1], s * s))  # query t, key u -> [B, N, nh, nw, t, u]
-        w = (torch.einsum('bndxyt,bndxyu->bnxytu', q, k) + pick(rh, self._ridx) + pick(rw, self._cidx)).softmax(-1)
-        y = torch.einsum('bnxytu,bndxyu->bndxyt', w, v)
-        y = y.reshape(B, self.nf, nh, nw, s, s).transpose(3, 4).reshape(B, self.nf, nh * s, nw * s)[..., :H, :W]
-        self.attn_weights = (w.detach().reshape(B, N, nh, nw, s, s, s, s).transpose(3, 4)
-                             .reshape(B, N, nh * s, nw * s, s, s)[:, :, :H, :W] if self.inference else None)
-        return self.pool(self.act(self.bn(y)))
+# %% ../nbs/07_layers.ipynb #78c7610e
+@patch
+def forward(self:SASAStem, x):
+    "Attention inside every block, BN, ReLU, max pool: `[B, in_channels, H, W]` -> `[B, out_channels, H/4, W/4]`."
+    check_input(x, self.in_channels, 'SASAStem')
+    B, _, H, W = x.shape
+    s, N, D = self.block, self.num_heads, self.out_channels // self.num_heads
+    x = F.pad(x, (0, -W % s, 0, -H % s))
+    nh, nw = x.shape[2] // s, x.shape[3] // s
+    q, k = self.qk(x).chunk(2, 1)
+    v = torch.einsum('bmchw,hwm->bchw', self.values(x).unflatten(1, (self.n_values, self.out_channels)),
+                     self.value_mix().repeat(nh, nw, 1))
+    # [B, C, nh*s, nw*s] -> [B, N, D, nh, nw, t]: t = the s*s pixels of a block
+    blocks = lambda t: t.reshape(B, N, D, nh, s, nw, s).transpose(4, 5).reshape(B, N, D, nh, nw, s * s)
+    q, k, v = blocks(q), blocks(k), blocks(v)
+    rel = lambda t: t.view(2 * s - 1, N, D // 2)
+    rh, rw = (r.movedim(2, -1) for r in rel_logits(q, rel(self.rel_h), rel(self.rel_w)))  # [B, N, nh, nw, t, 2s-1]
+    pick = lambda r, idx: r.gather(-1, idx.expand(*r.shape[:-1], s * s))  # query t, key u -> [B, N, nh, nw, t, u]
+    w = (torch.einsum('bndxyt,bndxyu->bnxytu', q, k) + pick(rh, self._ridx) + pick(rw, self._cidx)).softmax(-1)
+    y = torch.einsum('bnxytu,bndxyu->bndxyt', w, v)
+    y = y.reshape(B, self.out_channels, nh, nw, s, s).transpose(3, 4).reshape(B, self.out_channels, nh * s, nw * s)[..., :H, :W]
+    self.attn_weights = (w.detach().reshape(B, N, nh, nw, s, s, s, s).transpose(3, 4)
+                         .reshape(B, N, nh * s, nw * s, s, s)[:, :, :H, :W] if self.inference else None)
+    return self.pool(self.act(self.bn(y)))

@@ -17,25 +17,26 @@ __all__ = ['STEMS', 'WIDTHS', 'DEPTHS', 'resnet26', 'resnet38', 'resnet50', 'res
            'sasa_resnet50', 'sasa_resnet101', 'ARCHS', 'conv_bn', 'Bottleneck', 'stage_spec', 'ResNet']
 
 # %% ../nbs/08_models.ipynb #bf1f620a
-def conv_bn(ni, nf, ks=1, stride=1, act=True, zero_bn=False):
+def conv_bn(in_channels, out_channels, ks=1, stride=1, act=True, zero_bn=False):
     "Conv (no bias) + BatchNorm (+ ReLU); `zero_bn` starts the BN at zero, so a residual block starts as the identity."
-    bn = nn.BatchNorm2d(nf)
+    bn = nn.BatchNorm2d(out_channels)
     nn.init.constant_(bn.weight, 0. if zero_bn else 1.)
-    layers = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=False), bn]
+    layers = [nn.Conv2d(in_channels, out_channels, ks, stride=stride, padding=ks // 2, bias=False), bn]
     return nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if act else []))
 
 # %% ../nbs/08_models.ipynb #9939e3d5
 class Bottleneck(nn.Module):
     "ResNet V1.5 bottleneck whose spatial layer is a 3x3 conv or, with `attention`, a SASA layer."
     expansion = 4
-    def __init__(self, ni, width, stride=1, attention=False, kernel_size=7, num_heads=8, inference=False, masked=False):
+    def __init__(self, in_channels, width, stride=1, attention=False, kernel_size=7, num_heads=8, inference=False, masked=False):
         super().__init__()
-        nf = width * self.expansion
+        out_channels = width * self.expansion
         spatial = (SASA2d(width, width, kernel_size, stride, num_heads, inference, masked) if attention
                    else nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False))
-        self.convs = nn.Sequential(conv_bn(ni, width), spatial, nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                                   conv_bn(width, nf, act=False, zero_bn=True))
-        self.idpath = nn.Identity() if ni == nf and stride == 1 else conv_bn(ni, nf, stride=stride, act=False)
+        self.convs = nn.Sequential(conv_bn(in_channels, width), spatial, nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                   conv_bn(width, out_channels, act=False, zero_bn=True))
+        self.idpath = (nn.Identity() if in_channels == out_channels and stride == 1
+                       else conv_bn(in_channels, out_channels, stride=stride, act=False))
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x): return self.act(self.convs(x) + self.idpath(x))
@@ -77,31 +78,33 @@ class ResNet(nn.Sequential):
         widths = check_positives('widths', widths, 4, f'{list(WIDTHS)} (bottleneck widths)')
         check_int('n_out', n_out, lambda o: o >= 0, 'a number of classes, or 0 for no classifier')
         check_positive('n_in', n_in, '(image channels)')
-        for w in widths: check_sasa_args(w, w, kernel_size, 1, num_heads)
+        for w in widths: check_sasa_args(w, w, kernel_size, 1, num_heads, out_name='widths')
         spec = stage_spec(attention)
         stem_layers = ([('stem', SASAStem(n_in, widths[0], num_heads=num_heads, inference=inference))]
                        if stem == 'attention'
                        else [('stem', conv_bn(n_in, widths[0], ks=7, stride=2)), ('pool', nn.MaxPool2d(3, 2, 1))])
-        ni, stages = widths[0], []
+        channels, stages = widths[0], []
         for i, (n, w, s, att) in enumerate(zip(layers, widths, self.strides, spec)):
-            blocks = [Bottleneck(ni if j == 0 else w * 4, w, s if j == 0 else 1, att, kernel_size, num_heads,
+            blocks = [Bottleneck(channels if j == 0 else w * 4, w, s if j == 0 else 1, att, kernel_size, num_heads,
                                  inference, masked)
                       for j in range(n)]
             stages.append((f'stage{i + 1}', nn.Sequential(*blocks)))
-            ni = w * 4
+            channels = w * 4
         head = [('avgpool', nn.AdaptiveAvgPool2d(1)), ('flatten', nn.Flatten()),
-                ('fc', nn.Linear(ni, n_out) if n_out else nn.Identity())]
+                ('fc', nn.Linear(channels, n_out) if n_out else nn.Identity())]
         super().__init__(OrderedDict(stem_layers + stages + head))
         store_attr('layers,kernel_size,num_heads,n_out,n_in,masked')
-        self.widths, self.stem_type, self.attention = tuple(widths), stem, spec
+        self.widths, self.attention = tuple(widths), spec
         for m in self.modules():
             if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
 
-    def config(self) -> dict:
-        "The constructor arguments that rebuild this network (plain data: what a weights file stores)."
-        return dict(layers=list(self.layers), attention=list(self.attention), stem=self.stem_type,
-                    kernel_size=self.kernel_size, num_heads=self.num_heads, n_out=self.n_out, n_in=self.n_in,
-                    masked=self.masked, widths=list(self.widths))
+# %% ../nbs/08_models.ipynb #d992ff9f
+@patch
+def config(self:ResNet) -> dict:
+    "The constructor arguments that rebuild this network (plain data: what a weights file stores)."
+    return dict(layers=list(self.layers), attention=list(self.attention), stem='attention' if isinstance(self.stem, SASAStem) else 'conv',
+                kernel_size=self.kernel_size, num_heads=self.num_heads, n_out=self.n_out, n_in=self.n_in,
+                masked=self.masked, widths=list(self.widths))
 
 # %% ../nbs/08_models.ipynb #e492a65f
 DEPTHS = {26: [1, 2, 4, 1], 38: [2, 3, 5, 2], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
@@ -158,6 +161,6 @@ def reset_classifier(self:ResNet, num_classes:int, # outputs of the new classifi
 @patch(as_prop=True)
 def feature_info(self:ResNet) -> list:
     "The stem's and each stage's output: module name, channels, downsampling (timm's `features_only` reads it)."
-    stem = [dict(module='stem', num_chs=self.widths[0], reduction=4 if self.stem_type == 'attention' else 2)]
+    stem = [dict(module='stem', num_chs=self.widths[0], reduction=4 if isinstance(self.stem, SASAStem) else 2)]
     return stem + [dict(module=f'stage{i + 1}', num_chs=w * Bottleneck.expansion, reduction=2 ** (i + 2))
                    for i, w in enumerate(self.widths)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['FLAGS', 'PHASES', 'source_file', 'cache_dir', 'native_library', 'native_forward', 'native_backward', 'fma_peak']
+__all__ = ['FLAGS', 'PHASES', 'source_file', 'kernels_dir', 'native_library', 'native_forward', 'native_backward', 'fma_peak']
 
 # %% ../nbs/02_native.ipynb #5e59352b
 def source_file() -> Path:
@@ -20,9 +20,9 @@ def source_file() -> Path:
 FLAGS = ['-O3', '-march=native', '-fno-trapping-math', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC', '-std=c++17']
 _library = None  # the loaded library; False once building it has failed
 
-def cache_dir() -> Path:
-    "Where compiled kernels are kept: `$SASA_FASTAI_CACHE`, else `~/.cache/sasa_fastai`."
-    return Path(os.environ.get('SASA_FASTAI_CACHE', Path.home() / '.cache' / 'sasa_fastai')).expanduser()
+def kernels_dir() -> Path:
+    "Where compiled kernels are kept: `$SASA_FASTAI_KERNELS`, else `~/.cache/sasa_fastai/kernels`."
+    return Path(os.environ.get('SASA_FASTAI_KERNELS') or '~/.cache/sasa_fastai/kernels').expanduser()
 
 def _cpu_tag():
     "Something that changes when the CPU's instruction set does (the build uses -march=native)."
@@ -38,13 +38,14 @@ def _build(so, verbose):
         subprocess.run(cmd, check=True, capture_output=not verbose)
         os.replace(out, so)  # atomic: parallel processes never load a half-written file
 
+# %% ../nbs/02_native.ipynb #d6b217d6
 def native_library(verbose=False # show the compiler's output
                   ):
     "The compiled kernel (built on first use, once per machine and source version), or `None` if it cannot be built."
     global _library
     if _library is not None: return _library or None
     key = hashlib.sha256((source_file().read_text() + ' '.join(FLAGS) + _cpu_tag()).encode()).hexdigest()[:16]
-    so = cache_dir() / f'sasa_cpu_{key}.so'
+    so = kernels_dir() / f'sasa_cpu_{key}.so'
     try:
         if not so.exists(): _build(so, verbose)
         lib = ctypes.CDLL(str(so))
@@ -84,6 +85,7 @@ def _checked(profile, what):
         raise ValueError(f'profile must be a contiguous float64 tensor of {len(PHASES[what])} seconds')
     return profile
 
+# %% ../nbs/02_native.ipynb #11d94e33
 def native_forward(qkv, # projection output `[B, 3C, H, W]`
                    rel_h, rel_w, # relative tables `[k, N, d/2]`
                    num_heads, # N
@@ -100,6 +102,7 @@ def native_forward(qkv, # projection output `[B, 3C, H, W]`
                             ctypes.c_int(torch.get_num_threads()), *_ptrs(_checked(profile, 'forward')))
     return out, lse, wts
 
+# %% ../nbs/02_native.ipynb #3fb8f640
 def native_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout, profile=None):
     "Gradients of `qkv` (`[B, 3C, H, W]`) and of both tables; the weights are recomputed from `lse`."
     qkv, rel_h, rel_w = qkv.contiguous(), rel_h.contiguous(), rel_w.contiguous()

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 from .core import memory_format
+from .interpreter import launch
 
 # %% auto #0
 __all__ = ['tile_config', 'triton_forward', 'triton_backward']
@@ -40,8 +41,9 @@ def _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D: tl.constexpr):
     wmask = (c >= D // 2) & (c < D)
     return hmask, wmask, n * srh_n + tl.where(hmask, c, 0) * srh_c, n * srw_n + tl.where(wmask, c - D // 2, 0) * srw_c
 
+# %% ../nbs/03_triton.ipynb #5a3ff595
 @triton.jit
-def _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask):
+def _load_rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask):
     "e_ab, the relative embedding of window offset (a, bb): row offset a and column offset bb, one d-vector."
     return (tl.load(rel_h_ptr + a * srh_k + rel_a_off, mask=hmask, other=0.).to(tl.float32) +
             tl.load(rel_w_ptr + bb * srw_k + rel_b_off, mask=wmask, other=0.).to(tl.float32))
@@ -63,6 +65,18 @@ def _logit(q, kk, e, inside, MASKED: tl.constexpr):
         s = tl.where(inside, s, float('-inf'))
     return s
 
+# %% ../nbs/03_triton.ipynb #565be9c5
+@triton.jit
+def _store_weights(wts_ptr, base, kch, q, lse, rel_h_ptr, rel_w_ptr, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask,
+                   bn, i, j, H, W, s_h, s_w, cvalid, pvalid, K: tl.constexpr, MASKED: tl.constexpr):
+    "Inference mode's second pass: every weight exp(logit - lse), window-major `[B, N, K*K, H, W]`."
+    for a in range(K):
+        for bb in range(K):
+            e = _load_rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+            kk, inside = _shifted(base, kch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
+            p = tl.exp(_logit(q, kk, e, inside, MASKED) - lse)
+            tl.store(wts_ptr + (bn.to(tl.int64) * (K * K) + a * K + bb) * H * W + i * W + j, p, mask=pvalid)
+
 # %% ../nbs/03_triton.ipynb #44e58add
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
@@ -71,7 +85,7 @@ def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
                      so_b, so_c, so_h, so_w,      # out strides
                      srh_k, srh_n, srh_c, srw_k, srw_n, srw_c,
                      D: tl.constexpr, D_PAD: tl.constexpr, K: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                     MASKED: tl.constexpr, WEIGHTS: tl.constexpr):
+                     MASKED: tl.constexpr, INFERENCE: tl.constexpr):
     tile, bn, b, n, i, j, pvalid, c, cvalid = _tile(H, W, NH, n_tw, D, D_PAD, TH, TW)
     hmask, wmask, rel_a_off, rel_b_off = _rel_offsets(n, c, srh_n, srh_c, srw_n, srw_c, D)
     base, qch, kch, vch = _planes(qkv_ptr, b, n, c, C, s_b, s_c, D)
@@ -81,7 +95,7 @@ def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
     acc = tl.zeros([D_PAD, TH * TW], tl.float32)
     for a in range(K):
         for bb in range(K):
-            e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+            e = _load_rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
             kk, inside = _shifted(base, kch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
             vv, _ = _shifted(base, vch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
             s = _logit(q, kk, e, inside, MASKED)
@@ -98,13 +112,9 @@ def _sasa_fwd_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, lse_ptr, wts_ptr,
     tl.store(optr, out.to(out_ptr.dtype.element_ty), mask=cvalid[:, None] & pvalid[None, :])
     pix_off = bn.to(tl.int64) * H * W + i * W + j
     tl.store(lse_ptr + pix_off, lse, mask=pvalid)
-    if WEIGHTS:  # second pass: exp(logit - lse) into weights[b, n, a*K+b, i, j]
-        for a in range(K):
-            for bb in range(K):
-                e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
-                kk, inside = _shifted(base, kch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
-                p = tl.exp(_logit(q, kk, e, inside, MASKED) - lse)
-                tl.store(wts_ptr + (bn.to(tl.int64) * (K * K) + a * K + bb) * H * W + i * W + j, p, mask=pvalid)
+    if INFERENCE:  # second pass: exp(logit - lse) into weights[b, n, a*K+b, i, j]
+        _store_weights(wts_ptr, base, kch, q, lse, rel_h_ptr, rel_w_ptr, srh_k, srw_k, rel_a_off, rel_b_off, hmask,
+                       wmask, bn, i, j, H, W, s_h, s_w, cvalid, pvalid, K, MASKED)
 
 # %% ../nbs/03_triton.ipynb #b5636b62
 @triton.jit(do_not_specialize=_NO_SPEC + ['n_tiles'])
@@ -131,7 +141,7 @@ def _sasa_bwd_q_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, out_ptr, dout_ptr, lse_ptr
     part = part_ptr + (bn.to(tl.int64) * n_tiles + tile) * (K * K * D_PAD) + c
     for a in range(K):
         for bb in range(K):
-            e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+            e = _load_rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
             kk, inside = _shifted(base, kch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
             vv, _ = _shifted(base, vch, i, j, a - K // 2, bb - K // 2, H, W, s_h, s_w, cvalid)
             p = tl.where(pvalid, tl.exp(_logit(q, kk, e, inside, MASKED) - lse), 0.)  # (0 where masked: exp(-inf))
@@ -161,7 +171,7 @@ def _sasa_bwd_kv_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, dout_ptr, lse_ptr, dsum_p
     dv = tl.zeros([D_PAD, TH * TW], tl.float32)
     for a in range(K):
         for bb in range(K):
-            e = _rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
+            e = _load_rel(rel_h_ptr, rel_w_ptr, a, bb, srh_k, srw_k, rel_a_off, rel_b_off, hmask, wmask)
             qt, tvalid = _shifted(base, qch, i, j, K // 2 - a, K // 2 - bb, H, W, s_h, s_w, cvalid)
             dot, _ = _shifted(dbase, (n * D + c) * sd_c, i, j, K // 2 - a, K // 2 - bb, H, W, sd_h, sd_w, cvalid)
             tvalid = tvalid & pvalid
@@ -175,54 +185,6 @@ def _sasa_bwd_kv_kernel(qkv_ptr, rel_h_ptr, rel_w_ptr, dout_ptr, lse_ptr, dsum_p
     gptr = dqkv_ptr + b.to(tl.int64) * sg_b + ((n * D + c) * sg_c)[:, None] + (i * sg_h + j * sg_w)[None, :]
     tl.store(gptr + C * sg_c, dk.to(dqkv_ptr.dtype.element_ty), mask=cvalid[:, None] & pvalid[None, :])
     tl.store(gptr + 2 * C * sg_c, dv.to(dqkv_ptr.dtype.element_ty), mask=cvalid[:, None] & pvalid[None, :])
-
-# %% ../nbs/03_triton.ipynb #1e46a26a
-_interpreted = {}  # id(JITFunction) -> (JITFunction, InterpretedFunction)
-
-
-def _interp(fn):
-    "The Triton interpreter's version of a `@triton.jit` function (the same Python source)."
-    from triton.runtime.interpreter import InterpretedFunction
-    if isinstance(fn, InterpretedFunction):  # TRITON_INTERPRET=1 was set before triton was imported
-        return fn
-    hit = _interpreted.get(id(fn))
-    if hit is None or hit[0] is not fn:
-        hit = _interpreted[id(fn)] = (fn, InterpretedFunction(fn.fn))
-    return hit[1]
-
-
-def _launch(kernel, grid, device, *args, **kwargs):
-    """Run `kernel[grid](*args, **kwargs)`: compiled for GPU tensors; for CPU tensors through the Triton interpreter,
-    without TRITON_INTERPRET=1. Two things make that work: (1) the kernel's Python function is wrapped in an
-    `InterpretedFunction`; (2) triton.language's own `@triton.jit` functions that the kernel calls (`tl.sum`,
-    `tl.zeros`, ...) are `JITFunction`s when TRITON_INTERPRET is unset, whose `__call__` raises, so for the duration of
-    the launch `JITFunction.__call__` runs them through the interpreter too. The interpreter patches `triton.language`
-    (not always undoing it for nested calls), so the namespaces it touches are snapshotted and restored afterwards:
-    compiled GPU launches in the same process see an unpatched `triton.language`. Like the interpreter itself, this is
-    not thread-safe. Our own `@triton.jit` building blocks (`_tile`, `_shifted`, ...) are interpreted the same way."""
-    if device.type != 'cpu':
-        with torch.cuda.device(device):
-            kernel[grid](*args, **kwargs)
-        return
-    from triton.runtime.jit import JITFunction
-    objs = [tl, tl.core, tl.math, tl.standard, tl.tensor, tl.dtype, JITFunction]
-    objs += [o for o in (getattr(tl.core, 'tensor_descriptor_base', None),) if o is not None]
-    saved = [(o, dict(vars(o))) for o in objs]
-
-    def _jit_call(self, *a, **k):  # a @triton.jit function called from inside an interpreted kernel
-        return _interp(self)(*a, **k)
-
-    JITFunction.__call__ = _jit_call
-    try:
-        _interp(kernel)[grid](*args, **kwargs)
-    finally:
-        for o, before in saved:
-            now = vars(o)
-            for k in [k for k in now if k not in before]:
-                delattr(o, k)
-            for k, v in before.items():
-                if now.get(k, _interpreted) is not v:
-                    setattr(o, k, v)
 
 # %% ../nbs/03_triton.ipynb #cc282323
 def _pow2(x): return 1 << max(0, int(x) - 1).bit_length()
@@ -244,7 +206,7 @@ def tile_config(H, W, d_pad):
     nw = max(1, min(8, d_pad * th * tw // 256))
     return th, tw, nw
 
-
+# %% ../nbs/03_triton.ipynb #0a3b7155
 def _check(qkv, rel_h, rel_w, num_heads):
     if qkv.dim() != 4 or qkv.shape[1] % 3:
         raise ValueError(f"qkv must be [B, 3C, H, W], got {tuple(qkv.shape)}")
@@ -294,13 +256,13 @@ def triton_forward(qkv, rel_h, rel_w, num_heads, masked=False, inference=False, 
     wts = torch.empty((B, N, K * K, H, W), dtype=torch.float32, device=qkv.device) if inference else None
     if out.numel() == 0:
         return out, lse, wts
-    _launch(_sasa_fwd_kernel, (n_tiles, B * N), qkv.device,
+    launch(_sasa_fwd_kernel, (n_tiles, B * N), qkv.device,
         qkv, rel_h, rel_w, out, lse, wts if inference else lse,
         H, W, C, N, n_tw, *qkv.stride(), *out.stride(), *rel_h.stride(), *rel_w.stride(),
-        D=d, D_PAD=d_pad, K=K, TH=th, TW=tw, MASKED=bool(masked), WEIGHTS=bool(inference), num_warps=nw)
+        D=d, D_PAD=d_pad, K=K, TH=th, TW=tw, MASKED=bool(masked), INFERENCE=bool(inference), num_warps=nw)
     return out, lse, wts
 
-
+# %% ../nbs/03_triton.ipynb #90971509
 def triton_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout, *,
                     tile_h=None, tile_w=None, num_warps=None):
     """SASA backward from the recomputed `qkv`, the tables, the forward's `out` and `lse` and the upstream `dout`
@@ -317,11 +279,11 @@ def triton_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout, *,
     if dqkv.numel() == 0:
         return dqkv, torch.zeros_like(rel_h), torch.zeros_like(rel_w)
     rs = (*rel_h.stride(), *rel_w.stride())
-    _launch(_sasa_bwd_q_kernel, (n_tiles, B * N), dev,
+    launch(_sasa_bwd_q_kernel, (n_tiles, B * N), dev,
         qkv, rel_h, rel_w, out, dout, lse, dsum, dqkv, part,
         H, W, C, N, n_tw, n_tiles, *qkv.stride(), *out.stride(), *dout.stride(), *dqkv.stride(), *rs,
         D=d, D_PAD=d_pad, K=K, TH=th, TW=tw, MASKED=bool(masked), num_warps=nw)
-    _launch(_sasa_bwd_kv_kernel, (n_tiles, B * N), dev,
+    launch(_sasa_bwd_kv_kernel, (n_tiles, B * N), dev,
         qkv, rel_h, rel_w, dout, lse, dsum, dqkv,
         H, W, C, N, n_tw, *qkv.stride(), *dout.stride(), *dqkv.stride(), *rs,
         D=d, D_PAD=d_pad, K=K, TH=th, TW=tw, num_warps=nw)
