@@ -7,26 +7,26 @@ from __future__ import annotations
 import contextlib, ctypes, gc, json, os, platform, resource, statistics, subprocess, sys, time
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
-from .checks import check_choice, check_int, check_positive, invalid, moved
+from .checks import check_choice, check_int, check_positive, invalid
 from .attention import pick_backend
 from .layers import SASA2d
 from .models import ARCHS
 from .checkpoint import atomic_write
 
 # %% auto #0
-__all__ = ['IMPLS', 'LAYER_SHAPES', 'MEMORY_ENV', 'TIME_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case', 'model_case',
+__all__ = ['LAYERS', 'LAYER_SHAPES', 'MEMORY_ENV', 'TIME_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case', 'model_case',
            'case_name', 'make_step', 'peak_rss_mib', 'measure', 'run_case', 'breakdown_case', 'breakdown',
            'breakdown_markdown', 'bench_cases', 'layer_markdown', 'model_markdown', 'target', 'targets_text',
            'check_targets', 'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
-IMPLS = ('ours', 'reference', 'conv')
+LAYERS = ('sasa', 'reference', 'conv')
 LAYER_SHAPES = ((64, 40), (128, 20), (256, 10), (512, 5), (64, 56))  # (C, H=W): a 160 px ResNet's stages, and 56x56
 
-def layer_case(impl, C, H, mode='fwdbwd', batch=8, kernel_size=7, num_heads=8, amp=None, channels_last=False):
-    "A layer case: `impl` in `IMPLS`, `C` channels on `H`x`H` pixels, mode 'fwd' or 'fwdbwd'."
-    return dict(kind='layer', impl=impl, C=C, H=H, mode=mode, batch=batch, kernel_size=kernel_size, num_heads=num_heads,
-                amp=amp, channels_last=channels_last)
+def layer_case(layer, C, H, mode='fwdbwd', batch=8, kernel_size=7, num_heads=8, amp=None, channels_last=False):
+    "A layer case: `layer` in `LAYERS`, `C` channels on `H`x`H` pixels, mode 'fwd' or 'fwdbwd'."
+    return dict(kind='layer', layer=layer, C=C, H=H, mode=mode, batch=batch, kernel_size=kernel_size,
+                num_heads=num_heads, amp=amp, channels_last=channels_last)
 
 def model_case(arch, mode='train', size=160, batch=8, n_out=10, amp=None, channels_last=False):
     "A model case: `arch` in `ARCHS`, mode 'train' (forward, backward, SGD step) or 'infer'."
@@ -38,11 +38,11 @@ def case_name(spec):
     if spec['kind'] == 'breakdown': return f"breakdown C={spec['C']} {spec['H']}x{spec['H']} batch {spec['batch']}"
     mode = {'fwd': 'fwd', 'fwdbwd': 'fwd+bwd', 'train': 'train step', 'infer': 'inference'}[spec['mode']]
     if spec['kind'] == 'layer':
-        return (f"{spec['impl']} C={spec['C']} {spec['H']}x{spec['H']} {mode}"
+        return (f"{spec['layer']} C={spec['C']} {spec['H']}x{spec['H']} {mode}"
                 + (f" {spec['amp']}" if spec.get('amp') else ''))
     return f"{spec['arch']} {spec['size']}px {mode}" + (f" {spec['amp']}" if spec.get('amp') else '')
 
-# %% ../nbs/15_benchmark.ipynb #47bd4389
+# %% ../nbs/15_benchmark.ipynb #504eeb14
 def _amp(device, amp):
     if amp is None: return contextlib.nullcontext()
     check_choice('amp', amp, ('bf16',), ' or None')
@@ -54,29 +54,31 @@ def _format(m, x, spec):
     return (m.to(memory_format=torch.channels_last),
             x.detach().to(memory_format=torch.channels_last).requires_grad_(x.requires_grad))
 
-def make_step(spec, # a case from `layer_case` or `model_case`
-              device='cpu'): # 'cpu' or 'cuda'
-    "Build the case's module and inputs; return a function that does its work once."
-    torch.manual_seed(0)
-    if spec['kind'] == 'layer':
-        C, H, B = spec['C'], spec['H'], spec['batch']
-        if spec['impl'] == 'conv': m = nn.Conv2d(C, C, 3, padding=1, bias=False)
-        else:
-            backend = {'ours': 'auto', 'reference': 'reference'}[spec['impl']]
-            m = SASA2d(C, C, spec['kernel_size'], num_heads=spec['num_heads'], backend=backend)
-        m, x = _format(m.to(device),
-                       torch.randn(B, C, H, H, device=device, requires_grad=spec['mode'] == 'fwdbwd'), spec)
-        if spec['mode'] == 'fwd':
-            def step():
-                with torch.no_grad(), _amp(device, spec.get('amp')): m(x)
-            return step
-        g, params = torch.randn(B, C, H, H, device=device), list(m.parameters())
+# %% ../nbs/15_benchmark.ipynb #5c2aaed8
+def _layer_step(spec, device):
+    "The work of a layer case, once: a forward under `no_grad` ('fwd'), or a forward and a backward ('fwdbwd')."
+    C, H, B = spec['C'], spec['H'], spec['batch']
+    if spec['layer'] == 'conv': m = nn.Conv2d(C, C, 3, padding=1, bias=False)
+    else:
+        backend = {'sasa': 'auto', 'reference': 'reference'}[spec['layer']]
+        m = SASA2d(C, C, spec['kernel_size'], num_heads=spec['num_heads'], backend=backend)
+    m, x = _format(m.to(device),
+                   torch.randn(B, C, H, H, device=device, requires_grad=spec['mode'] == 'fwdbwd'), spec)
+    if spec['mode'] == 'fwd':
         def step():
-            with _amp(device, spec.get('amp')): y = m(x)
-            y.backward(g.to(y.dtype))
-            x.grad = None  # free the gradients, so every step allocates them again (and the memory run sees them)
-            for p in params: p.grad = None
+            with torch.no_grad(), _amp(device, spec.get('amp')): m(x)
         return step
+    g, params = torch.randn(B, C, H, H, device=device), list(m.parameters())
+    def step():
+        with _amp(device, spec.get('amp')): y = m(x)
+        y.backward(g.to(y.dtype))
+        x.grad = None  # free the gradients, so every step allocates them again (and the memory run sees them)
+        for p in params: p.grad = None
+    return step
+
+# %% ../nbs/15_benchmark.ipynb #c2d29780
+def _model_step(spec, device):
+    "The work of a model case, once: a training step ('train'), or a forward in eval mode under `no_grad` ('infer')."
     m = ARCHS[spec['arch']](n_out=spec['n_out']).to(device)
     x = torch.randn(spec['batch'], 3, spec['size'], spec['size'], device=device)
     m, x = _format(m, x, spec)
@@ -94,7 +96,13 @@ def make_step(spec, # a case from `layer_case` or `model_case`
         opt.zero_grad(set_to_none=True)
     return step
 
-# %% ../nbs/15_benchmark.ipynb #e6ec6f7e
+def make_step(spec, # a case from `layer_case` or `model_case`
+              device='cpu'): # 'cpu' or 'cuda'
+    "Build the case's module and inputs; return a function that does its work once."
+    torch.manual_seed(0)
+    return (_layer_step if spec['kind'] == 'layer' else _model_step)(spec, device)
+
+# %% ../nbs/15_benchmark.ipynb #22620aeb
 def peak_rss_mib():
     "Peak RSS of this process in MiB: Linux's `VmHWM`, else `ru_maxrss`."
     with contextlib.suppress(OSError, StopIteration, ValueError):
@@ -103,6 +111,7 @@ def peak_rss_mib():
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2**20 if sys.platform == 'darwin' else r / 1024  # bytes on macOS, KiB on Linux
 
+# %% ../nbs/15_benchmark.ipynb #ab6046f6
 def _reset_peak_rss():
     "Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False where that is impossible."
     try: Path('/proc/self/clear_refs').write_text('5'); return True
@@ -112,6 +121,28 @@ def _release_memory():
     gc.collect()
     with contextlib.suppress(OSError, AttributeError): ctypes.CDLL('libc.so.6').malloc_trim(0)
 
+def _peak_memory(step, sync, cuda):
+    "Peak memory (MiB) one call of `step` adds, the baseline (MiB), and whether the peak counter could be reset."
+    if cuda:
+        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(); sync()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20, base / 2**20, True
+    reset = _reset_peak_rss()
+    base = peak_rss_mib()
+    step()
+    return peak_rss_mib() - base, base, reset
+
+# %% ../nbs/15_benchmark.ipynb #f4f0391a
+def _timed_ms(step, sync, n):
+    "Milliseconds of each of `n` calls of `step` (`sync` before and after each)."
+    times = []
+    for _ in range(n):
+        sync(); t = time.perf_counter()
+        step(); sync()
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
 def measure(spec, # a case from `layer_case` or `model_case`
             device='cpu', # 'cpu' or 'cuda'
             warmup=3, # untimed calls before timing
@@ -120,35 +151,17 @@ def measure(spec, # a case from `layer_case` or `model_case`
             timing=True): # measure the time
     "Peak memory added by one call of the case's work, then the median time of `repeats` calls (this process)."
     if spec['kind'] == 'breakdown': return breakdown(spec, warmup, repeats)
-    cuda = device == 'cuda'
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
     step = make_step(spec, device)
-    sync(); t = time.perf_counter()
-    step(); sync()
-    first_ms = (time.perf_counter() - t) * 1e3  # the first call: lazy set-up and kernel compilation included
+    first_ms = _timed_ms(step, sync, 1)[0]  # the first call: lazy set-up and kernel compilation included
     _release_memory()
-    peak = base = reset = None
-    if not memory: pass
-    elif cuda:
-        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(); sync()
-        peak, base, reset = (torch.cuda.max_memory_allocated() - base) / 2**20, base / 2**20, True
-    else:
-        reset = _reset_peak_rss()
-        base = peak_rss_mib()
-        step()
-        peak = peak_rss_mib() - base
-    times = []
-    for i in range(warmup + repeats if timing else 0):
-        sync(); t = time.perf_counter()
-        step(); sync()
-        if i >= warmup: times.append((time.perf_counter() - t) * 1e3)
+    peak, base, reset = _peak_memory(step, sync, device == 'cuda') if memory else (None, None, None)
+    times = _timed_ms(step, sync, warmup + repeats)[warmup:] if timing else []  # the warm-up calls' times dropped
     res = dict(spec=spec, device=device, threads=torch.get_num_threads(), warmup=warmup, repeats=repeats,
                time_ms=statistics.median(times) if times else None, times_ms=times, first_ms=first_ms, peak_mib=peak,
                base_mib=base, peak_reset=reset)
     if spec['kind'] == 'model' and times: res['images_per_s'] = spec['batch'] / res['time_ms'] * 1e3
-    if spec['kind'] == 'layer' and spec['impl'] == 'ours':
+    if spec['kind'] == 'layer' and spec['layer'] == 'sasa':
         res['backend'] = pick_backend('auto', torch.zeros(1, device=device))
     return res
 
@@ -209,7 +222,7 @@ def _macs(spec):
             'bwd logits': K * K * C * P, 'bwd d logits': K * K * C * P, 'bwd dq, d tables': (K * K + 2 * K) * C * P,
             'bwd dk, dv': 2 * K * K * C * P, 'projection backward': 6 * C * C * P, 'the rest': 0}
 
-# %% ../nbs/15_benchmark.ipynb #dbea0458
+# %% ../nbs/15_benchmark.ipynb #3615f7c5
 def breakdown(spec, # from `breakdown_case`
               warmup=3, repeats=10):
     "Median seconds of each part of one fwd+bwd of the layer (this process), its multiply-adds, and the machine's peak."
@@ -245,6 +258,7 @@ def breakdown(spec, # from `breakdown_case`
                 time_ms=med([w for w, _ in samples]) * 1e3, macs=_macs(spec), peak_macs_per_s=fma_peak(threads),
                 parts_ms={k: med([p[k] for _, p in samples]) * 1e3 for k in samples[0][1]})
 
+# %% ../nbs/15_benchmark.ipynb #63ffe300
 def breakdown_markdown(results):
     "One table per breakdown case: each part's time, share, multiply-adds, rate and share of the machine's peak."
     out = []
@@ -279,12 +293,12 @@ def bench_cases(quick=False, # only the C=64 @ 40x40 layer shape
     "The cases of a benchmark run, in the order they run."
     shapes = shapes or (LAYER_SHAPES[:1] if quick else LAYER_SHAPES)
     breakdowns = (() if quick else BREAKDOWN_SHAPES) if breakdowns is None else breakdowns
-    cases = [layer_case(impl, C, H, mode, batch, kernel_size, num_heads)
-             for C, H in shapes for mode in modes for impl in IMPLS]
+    cases = [layer_case(layer, C, H, mode, batch, kernel_size, num_heads)
+             for C, H in shapes for mode in modes for layer in LAYERS]
     cases += [breakdown_case(C, H, b, kernel_size, num_heads) for C, H, b in breakdowns]
     return cases + [model_case(a, mode, size, b) for size, b in model_shapes for a in archs for mode in model_modes]
 
-# %% ../nbs/15_benchmark.ipynb #55bd4a5f
+# %% ../nbs/15_benchmark.ipynb #2c6ebd95
 def _find(results, **kw):
     return next((r for r in results if all(r['spec'].get(k) == v for k, v in kw.items())), None)
 
@@ -300,6 +314,7 @@ def _num(v, unit=''):
 
 def _x(v): return '—' if v is None else (f'{v:.2f}x' if v >= 0.1 else f'{v:.3f}x')
 
+# %% ../nbs/15_benchmark.ipynb #8ddb4f07
 def layer_markdown(results):
     "Markdown table of the layer cases in `results`."
     layers = [r for r in results if r['spec']['kind'] == 'layer']
@@ -314,15 +329,16 @@ def layer_markdown(results):
            head, '|---|---|' + '---:|' * 10]
     keys = list(dict.fromkeys((r['spec']['C'], r['spec']['H'], r['spec']['mode']) for r in layers))
     for C, H, mode in keys:
-        t = {i: _val(layers, 'time_ms', impl=i, C=C, H=H, mode=mode) for i in IMPLS}
-        m = {i: _val(layers, 'peak_mib', impl=i, C=C, H=H, mode=mode) for i in IMPLS}
+        t = {i: _val(layers, 'time_ms', layer=i, C=C, H=H, mode=mode) for i in LAYERS}
+        m = {i: _val(layers, 'peak_mib', layer=i, C=C, H=H, mode=mode) for i in LAYERS}
         out.append(f"| C={C} @ {H}x{H} | {'fwd' if mode == 'fwd' else 'fwd+bwd'} | "
-                   + ' | '.join(_num(t[i]) for i in IMPLS)
-                   + f" | {_x(_ratio(t['ours'], t['reference']))} | {_x(_ratio(t['ours'], t['conv']))} | "
-                   + ' | '.join(_num(m[i]) for i in IMPLS)
-                   + f" | {_x(_ratio(m['ours'], m['reference']))} | {_x(_ratio(m['ours'], m['conv']))} |")
+                   + ' | '.join(_num(t[i]) for i in LAYERS)
+                   + f" | {_x(_ratio(t['sasa'], t['reference']))} | {_x(_ratio(t['sasa'], t['conv']))} | "
+                   + ' | '.join(_num(m[i]) for i in LAYERS)
+                   + f" | {_x(_ratio(m['sasa'], m['reference']))} | {_x(_ratio(m['sasa'], m['conv']))} |")
     return '\n'.join(out)
 
+# %% ../nbs/15_benchmark.ipynb #68394310
 def model_markdown(results):
     "Markdown table of the model cases in `results`, with a ratio row for each `sasa_X` next to its `X`."
     models = [r for r in results if r['spec']['kind'] == 'model']
@@ -343,7 +359,7 @@ def model_markdown(results):
                            + ' |')
     return '\n'.join(o for o in out if o is not None)
 
-# %% ../nbs/15_benchmark.ipynb #5342310f
+# %% ../nbs/15_benchmark.ipynb #d795de5f
 def target(label, # what is measured, e.g. 'sasa_resnet26 / resnet26 training step time'
            value, # the measured value, or None if it was not measured
            op, # '>=' or '<='
@@ -361,16 +377,17 @@ def targets_text(targets):
     return '\n'.join(f"{t['status']:4}  {t['target']} = {num(t['value'], t.get('unit', 'x'))} (target {t['op']} "
                      f"{t['limit']}{t.get('unit', 'x')})" for t in targets)
 
+# %% ../nbs/15_benchmark.ipynb #9f98abde
 def check_targets(results, conv='resnet26', sasa='sasa_resnet26'):
     "The CPU targets of `results`, each a `target`."
-    L = lambda impl, key: _val(results, key, kind='layer', impl=impl, C=64, H=40, mode='fwdbwd', batch=8,
+    L = lambda layer, key: _val(results, key, kind='layer', layer=layer, C=64, H=40, mode='fwdbwd', batch=8,
                                kernel_size=7, num_heads=8)
     M = lambda arch, key: _val(results, key, kind='model', arch=arch, mode='train', size=160, batch=8, amp=None)
     lay = 'layer C=64 @ 40x40 fwd+bwd'
-    rows = [(f'{lay} time, reference / ours', _ratio(L('reference', 'time_ms'), L('ours', 'time_ms')), '>=', 10),
-            (f'{lay} peak memory, reference / ours', _ratio(L('reference', 'peak_mib'), L('ours', 'peak_mib')),
+    rows = [(f'{lay} time, reference / ours', _ratio(L('reference', 'time_ms'), L('sasa', 'time_ms')), '>=', 10),
+            (f'{lay} peak memory, reference / ours', _ratio(L('reference', 'peak_mib'), L('sasa', 'peak_mib')),
              '>=', 15),
-            (f'{lay} time, ours / conv3x3', _ratio(L('ours', 'time_ms'), L('conv', 'time_ms')), '<=', 3),
+            (f'{lay} time, ours / conv3x3', _ratio(L('sasa', 'time_ms'), L('conv', 'time_ms')), '<=', 3),
             (f'{sasa} / {conv} training step time', _ratio(M(sasa, 'time_ms'), M(conv, 'time_ms')), '<=', 1.5),
             (f'{sasa} / {conv} training step peak memory', _ratio(M(sasa, 'peak_mib'), M(conv, 'peak_mib')), '<=', 1.2)]
     return [target(*r) for r in rows]
@@ -407,12 +424,7 @@ def machine_line(info):
     s = f"{info['cpu']} ({info['cores']} cores{isa}), {info['threads']} threads, torch {info['torch']}"
     return (f"{info['gpu']}, " if info.get('gpu') else '') + s
 
-# %% ../nbs/15_benchmark.ipynb #dd59686a
-def _check_device(device):
-    check_choice('device', device, ('cpu', 'cuda'))
-    if device == 'cuda' and not torch.cuda.is_available():
-        raise invalid('device', device, "'cpu' here: torch sees no CUDA device")
-
+# %% ../nbs/15_benchmark.ipynb #a4ce70af
 def bench_markdown(report):
     "The markdown of a report: command, machine line, tables, targets."
     s = report['settings']
@@ -433,6 +445,30 @@ def bench_markdown(report):
     if report.get('targets'): out += ['Targets (CPU):', '', '```', targets_text(report['targets']), '```', '']
     return '\n'.join(out)
 
+# %% ../nbs/15_benchmark.ipynb #5daafefc
+def _progress_line(i, n, spec, r, t, t0):
+    "The line of the `i`th of `n` cases: its time and memory or its error, and the seconds since `t` and `t0`."
+    got = (f"error: {r['error']}" if 'error' in r else f"{r['time_ms']:9.2f} ms"
+           + (f"  +{r['peak_mib']:8.2f} MiB" if 'peak_mib' in r else ''))
+    return (f'[{i + 1:2}/{n}] {case_name(spec):36} {got}  ({time.time() - t:.0f} s, '
+            f'{time.time() - t0:.0f} s total)')
+
+def _run_cases(cases, device, threads, warmup, repeats, progress):
+    "`run_case` every case in turn; a progress line on stderr after each if `progress`."
+    results, t0 = [], time.time()
+    for i, spec in enumerate(cases):
+        t = time.time()
+        r = run_case(spec, device, threads, warmup, repeats)
+        results.append(r)
+        if progress: print(_progress_line(i, len(cases), spec, r, t, t0), file=sys.stderr, flush=True)
+    return results
+
+# %% ../nbs/15_benchmark.ipynb #573c3eb1
+def _check_device(device):
+    check_choice('device', device, ('cpu', 'cuda'))
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise invalid('device', device, "'cpu' here: torch sees no CUDA device")
+
 def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write nothing)
               quick=False, # fewer repeats, only the C=64 @ 40x40 layer shape
               device='cpu', # 'cpu' or 'cuda'
@@ -449,16 +485,7 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
     warmup = (1 if quick else 3) if warmup is None else warmup
     check_positive('threads', threads); check_positive('repeats', repeats)
     check_int('warmup', warmup, lambda o: o >= 0, 'a non-negative integer')
-    cases, results, t0 = bench_cases(quick, **kwargs), [], time.time()
-    for i, spec in enumerate(cases):
-        t = time.time()
-        r = run_case(spec, device, threads, warmup, repeats)
-        results.append(r)
-        if progress:
-            got = (f"error: {r['error']}" if 'error' in r else f"{r['time_ms']:9.2f} ms"
-                   + (f"  +{r['peak_mib']:8.2f} MiB" if 'peak_mib' in r else ''))
-            print(f'[{i + 1:2}/{len(cases)}] {case_name(spec):36} {got}  ({time.time() - t:.0f} s, '
-                  f'{time.time() - t0:.0f} s total)', file=sys.stderr, flush=True)
+    results = _run_cases(bench_cases(quick, **kwargs), device, threads, warmup, repeats, progress)
     report = dict(command=command, machine=machine_info(device, threads), results=results,
                   settings=dict(device=device, threads=threads, repeats=repeats, warmup=warmup, quick=quick,
                                 memory_env=MEMORY_ENV, time_env=TIME_ENV))
@@ -467,8 +494,3 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
         atomic_write(Path(out) / 'bench.md', lambda tmp: tmp.write_text(bench_markdown(report)))
         atomic_write(Path(out) / 'bench.json', lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     return report
-
-# %% ../nbs/15_benchmark.ipynb #b1c09c45
-__getattr__ = moved(__name__, {'count_flops': 'flops.count_flops', 'flops_table': 'flops.flops_table',
-                               'flops_markdown': 'flops.flops_markdown', 'PAPER_FLOPS': 'flops.PAPER_FLOPS',
-                               'sasa_bench': 'cli.sasa_bench'})

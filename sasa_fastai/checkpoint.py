@@ -37,6 +37,20 @@ def atomic_write(path, # the file to (re)write
     return path
 
 # %% ../nbs/11_checkpoint.ipynb #8ce92e9c
+def read_plain(path, # the file to read
+               what, # what it should be, e.g. 'a weights file (written by save_weights or sasa_train)'
+               fix # what to do when it is not, for the message
+              ):
+    "`torch.load(path, weights_only=True)`, with a `ValueError` naming `path` when the file cannot be read so."
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError: raise
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # a class or function to import
+            raise ValueError(f'{path} is not {what}: it holds Python objects, which could run code when loaded, so '
+                             f'it was refused. {fix}') from None
+        raise ValueError(f'{path} is damaged (truncated?) or not {what}: {fix}') from None
+
+# %% ../nbs/11_checkpoint.ipynb #4c635e81
 def _unwrap(model):
     "The model inside DDP/DataParallel wrappers."
     while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module): model = model.module
@@ -52,22 +66,8 @@ def _plain(o):
     if isinstance(o, (list, L)): return [_plain(v) for v in o]
     return o
 
-def read_plain(path, # the file to read
-               what, # what it should be, e.g. 'a weights file (written by save_weights or sasa_train)'
-               fix # what to do when it is not, for the message
-              ):
-    "`torch.load(path, weights_only=True)`, with a `ValueError` naming `path` when the file cannot be read so."
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError: raise
-    except Exception as e:
-        if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # a class or function to import
-            raise ValueError(f'{path} is not {what}: it holds Python objects, which could run code when loaded, so '
-                             f'it was refused. {fix}') from None
-        raise ValueError(f'{path} is damaged (truncated?) or not {what}: {fix}') from None
-
 # %% ../nbs/11_checkpoint.ipynb #2b973c93
 WEIGHTS_FORMAT = 'sasa_fastai.weights/2'
-_WEIGHTS = 'a sasa_fastai weights file (written by save_weights or sasa_train)'
 
 def save_weights(learn, # a `Learner` whose model is a sasa_fastai `ResNet`
                  path # file to write, e.g. 'weights.pth'
@@ -81,6 +81,9 @@ def save_weights(learn, # a `Learner` whose model is a sasa_fastai `ResNet`
             'vocab': [str(v) for v in learn.dls.vocab], 'input': input_config(learn.dls),
             'state_dict': _plain(dict(m.state_dict()))}
     return atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+# %% ../nbs/11_checkpoint.ipynb #ae076583
+_WEIGHTS = 'a sasa_fastai weights file (written by save_weights or sasa_train)'
 
 def load_weights(path, # a file written by `save_weights`
                  inference=False # SASA layers keep their attention weights (for plots)
@@ -177,6 +180,25 @@ def _tuplify(o):
     "Undo the list-for-tuple of a saved `random.getstate()`."
     return tuple(_tuplify(v) for v in o) if isinstance(o, (list, tuple)) else o
 
+# %% ../nbs/11_checkpoint.ipynb #e0e2d179
+def _checkpoint_state(learn, rows, iters, config):
+    "What `TrainingCheckpoint` saves at the end of an epoch of `learn`, as plain data (`rows`, `iters`: the history)."
+    rec = learn.recorder
+    return {'epoch': learn.epoch + 1, 'n_epoch': learn.n_epoch, 'config': config,
+            'model': _plain(dict(_unwrap(learn.model).state_dict())),
+            'opt': _plain(learn.opt.state_dict()), 'rng': _plain(_rng_states(learn)),
+            'history': _plain({'rows': rows, 'iters': iters, 'losses': [float(o) for o in rec.losses],
+                               'lrs': [float(o) for o in rec.lrs], 'smooth_count': rec.smooth_loss.count,
+                               'smooth_val': rec.smooth_loss.val, 'train_iter': learn.train_iter})}
+
+def _set_history(learn, h):
+    "Put the saved history `h` back into `learn`: its recorder's losses, learning rates and smoothed loss, its step."
+    rec = learn.recorder
+    rec.losses, rec.lrs = list(h['losses']), list(h['lrs'])
+    rec.smooth_loss.count, rec.smooth_loss.val = h['smooth_count'], h['smooth_val']
+    learn.train_iter = h['train_iter']
+
+# %% ../nbs/11_checkpoint.ipynb #faa93ce1
 STOP_ENV = 'SASA_TRAIN_STOP_AFTER_EPOCH'  # tests: `os._exit` right after the checkpoint of this many epochs
 
 class TrainingCheckpoint(Callback):
@@ -193,11 +215,8 @@ class TrainingCheckpoint(Callback):
         self.rows, self.iters = [], []
         st = self.state
         if st is None: return
-        h, rec = st['history'], self.recorder
-        self.rows, self.iters = list(h['rows']), list(h['iters'])
-        rec.losses, rec.lrs = list(h['losses']), list(h['lrs'])
-        rec.smooth_loss.count, rec.smooth_loss.val = h['smooth_count'], h['smooth_val']
-        self.learn.train_iter = h['train_iter']
+        self.rows, self.iters = list(st['history']['rows']), list(st['history']['iters'])
+        _set_history(self.learn, st['history'])
 
     def _skipped(self): return self.state is not None and self.epoch < self.state['epoch']
 
@@ -224,15 +243,10 @@ class TrainingCheckpoint(Callback):
             os._exit(75)
 
     def write(self):
-        rec = self.recorder
-        state = {'epoch': self.epoch + 1, 'n_epoch': self.n_epoch, 'config': self.config,
-                 'model': _plain(dict(_unwrap(self.model).state_dict())),
-                 'opt': _plain(self.opt.state_dict()), 'rng': _plain(_rng_states(self.learn)),
-                 'history': _plain({'rows': self.rows, 'iters': self.iters, 'losses': [float(o) for o in rec.losses],
-                                    'lrs': [float(o) for o in rec.lrs], 'smooth_count': rec.smooth_loss.count,
-                                    'smooth_val': rec.smooth_loss.val, 'train_iter': self.learn.train_iter})}
+        state = _checkpoint_state(self.learn, self.rows, self.iters, self.config)
         atomic_write(self.path / self.fname, lambda tmp: torch.save(state, tmp))
 
+# %% ../nbs/11_checkpoint.ipynb #48252cf2
 _CHECKPOINT = 'a sasa_fastai training checkpoint (written by sasa_train)'
 
 def load_checkpoint(path # a file written by `TrainingCheckpoint`
@@ -245,6 +259,7 @@ def load_checkpoint(path # a file written by `TrainingCheckpoint`
     st['rng']['loaders'] = [None if s is None else _tuplify(s) for s in st['rng']['loaders']]
     return st
 
+# %% ../nbs/11_checkpoint.ipynb #fe66e46e
 def restore_checkpoint(learn, # the learner, built as for the run that wrote `state`
                        state # from `load_checkpoint`
                       ):

@@ -9,17 +9,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MIN_SIZE', 'invalid', 'check_int', 'check_positive', 'check_positives', 'check_number', 'check_fraction',
-           'check_choice', 'check_sasa_args', 'check_input', 'check_pretrained', 'check_size', 'check_seed',
-           'check_file', 'writable_folder', 'writable_file', 'check_batches']
+__all__ = ['MIN_SIZE', 'InvalidArgument', 'invalid', 'check_int', 'check_positive', 'check_positives', 'check_number',
+           'check_fraction', 'check_choice', 'check_sasa_args', 'check_heads', 'check_input', 'check_pretrained',
+           'check_size', 'check_seed', 'check_file', 'writable_folder', 'writable_file', 'check_batches']
 
 # %% ../nbs/00_checks.ipynb #ded411ce
-def invalid(name, # the argument's name, as the user writes it
+class InvalidArgument(ValueError):
+    "A bad argument, with its `name`, `value` and what is `valid` kept, so a command line can word it as its flags."
+    def __init__(self, name, value, valid):
+        self.name, self.value, self.valid = name, value, valid
+        super().__init__(f'{name}={value!r} is not valid: {name} must be {valid}')
+    def __reduce__(self): return InvalidArgument, (self.name, self.value, self.valid)
+
+def invalid(name, # the argument's name, as the user writes it in Python
             value, # the value given
             valid # what would be valid: completes "`name` must be ..."
            ) -> ValueError:
     "The error for a bad argument: `name=value is not valid: name must be valid`."
-    return ValueError(f'{name}={value!r} is not valid: {name} must be {valid}')
+    return InvalidArgument(name, value, valid)
 
 # %% ../nbs/00_checks.ipynb #1d4324ac
 def check_int(name, # the argument's name
@@ -80,8 +87,7 @@ def check_sasa_args(in_channels, # input channels
                     out_channels, # output channels
                     kernel_size, # window size
                     stride, # 1 or 2
-                    num_heads, # attention heads
-                    out_name='out_channels' # what the user calls the output channels
+                    num_heads # attention heads
                    ):
     "Raise `invalid(...)` for the first argument from which a SASA layer cannot be built."
     check_positive('in_channels', in_channels, '(input channels)')
@@ -89,9 +95,20 @@ def check_sasa_args(in_channels, # input channels
               'a positive odd integer, so the window is centred on its pixel (e.g. 3, 5 or 7)')
     check_int('stride', stride, lambda o: o in (1, 2), '1 or 2 (2 = attention then 2x2 average pooling)')
     check_positive('num_heads', num_heads)
-    check_int(out_name, out_channels, lambda o: o > 0 and o % (2 * num_heads) == 0,
+    check_int('out_channels', out_channels, lambda o: o > 0 and o % (2 * num_heads) == 0,
               f'a positive multiple of 2*num_heads={2 * num_heads} (each head splits its channels between row and '
-              f'column offsets); change {out_name} or num_heads')
+              f'column offsets); change out_channels or num_heads')
+
+# %% ../nbs/00_checks.ipynb #ae4ce92c
+def check_heads(num_heads, # attention heads of every layer
+                widths # the channels of the layers
+               ) -> int:
+    "`num_heads` if `2*num_heads` divides every width; else `invalid('num_heads', ...)` listing the counts that do."
+    check_positive('num_heads', num_heads)
+    if all(w % (2 * num_heads) == 0 for w in widths): return num_heads
+    ok = [n for n in range(1, min(widths) // 2 + 1) if all(w % (2 * n) == 0 for w in widths)]
+    raise invalid('num_heads', num_heads, f'one of {ok}: each head splits its channels between row and column '
+                  f'offsets, so 2*num_heads must divide every stage width {list(widths)}')
 
 # %% ../nbs/00_checks.ipynb #294be581
 def check_input(x, # the tensor given to a layer

@@ -4,29 +4,48 @@
 
 # %% ../nbs/17_cli.ipynb #3966da07
 from __future__ import annotations
-import shlex, shutil, sys, warnings
+import argparse, inspect, shlex, shutil, sys, warnings
 from pathlib import Path
 from fastcore.script import call_parse, is_cli, store_true, Param
-from .checks import invalid  # (light: the commands import torch and fastai only when they run)
+from .checks import InvalidArgument, invalid  # (light: torch and fastai are imported when a command runs)
 
 # %% auto #0
-__all__ = ['EXIT_USAGE', 'EXIT_INTERRUPTED', 'EXIT_STATUS', 'run_command', 'parse_attention', 'sasa_train', 'load_model',
-           'sasa_maps', 'sasa_attention', 'sasa_bench', 'sasa_compare']
+__all__ = ['EXIT_USAGE', 'EXIT_INTERRUPTED', 'EXIT_STATUS', 'COMMANDS', 'run_command', 'parse_attention', 'sasa_train',
+           'load_model', 'sasa_maps', 'sasa_bench', 'sasa_compare']
 
 # %% ../nbs/17_cli.ipynb #46daedb6
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 EXIT_STATUS = ('Exit status: 0 done; 2 a bad argument or file (one line on stderr names it and says what to do); '
                '130 interrupted (Ctrl-C); 1 anything else (a bug: the traceback is printed, please report it).')
 
+COMMANDS = ('sasa_train', 'sasa_maps', 'sasa_bench', 'sasa_compare')
+_argparse_error = argparse.ArgumentParser.error
+
+def _one_line_error(self, message):
+    "argparse's error for our commands as one line like ours (not its usage text, then the error); others unchanged."
+    if self.prog not in COMMANDS: return _argparse_error(self, message)
+    self.exit(EXIT_USAGE, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+argparse.ArgumentParser.error = _one_line_error
+
 def _exit_status(f):
     "Append the exit-status convention to a command's docstring, which is its `--help` description."
     f.__doc__ = f'{f.__doc__} {EXIT_STATUS}'
     return f
 
-def _message(e):
-    "The text of an error a user can fix."
+def _as_typed(value):
+    "A value as it is typed on a command line: `vgg16`, `40 2`, `'my photos'`."
+    if isinstance(value, (list, tuple)): return ' '.join(_as_typed(o) for o in value)
+    return shlex.quote(str(value))
+
+def _message(e, command=None):
+    "The text of an error a user can fix; a bad argument of `command` named as its flag (`--lr 0 is not valid`)."
     if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError,)) and e.filename and e.strerror:
         return f'{e.strerror}: {e.filename}'
+    params = inspect.signature(command).parameters if command is not None else {}
+    if isinstance(e, InvalidArgument) and e.name in params:
+        flag = e.name if params[e.name].default is inspect.Parameter.empty else f'--{e.name}'  # positional: as is
+        return f'{flag} {_as_typed(e.value)} is not valid: {flag} must be {e.valid}'
     return str(e)
 
 def _interrupted(name, e):
@@ -48,9 +67,12 @@ def run_command(command, # the `call_parse` function of the command
      "and an exit status.")
     if not is_cli(command): return fn(*args, **kwargs)
     name = command.__name__
-    try: fn(*args, **kwargs)
+    try:
+        with warnings.catch_warnings():
+            warnings.formatwarning = lambda msg, *a, **k: f'{name}: warning: {msg}\n'  # no file:line, no source line
+            fn(*args, **kwargs)
     except (ValueError, OSError) as e:
-        print(f'{name}: error: {_message(e)}', file=sys.stderr, flush=True)
+        print(f'{name}: error: {_message(e, getattr(command, "__wrapped__", command))}', file=sys.stderr, flush=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt as e:
         print(f'\n{_interrupted(name, e)}', file=sys.stderr, flush=True)
@@ -132,18 +154,21 @@ def load_model(path # a weights.pth (plain data), a model folder (model.safetens
                       '0.2 or later); use the export.pkl written beside it, or save the weights again')
     return model, vocab
 
+# %% ../nbs/17_cli.ipynb #bbb8158d
 def _maps(image, model, out, query, heads, dpi):
-    from sasa_fastai.checks import check_file, check_positive, invalid, writable_file
+    from sasa_fastai.checks import check_file, check_int, check_positive, invalid, writable_file
     from sasa_fastai.data import image_problem
     from sasa_fastai.visualize import attention_maps, save_attention_grid
     check_file('image', image, 'an image file')
     if (problem := image_problem(image)) is not None:
         raise invalid('image', image, f'an image file PIL can read ({problem})')
-    if heads is not None: check_positive('heads', heads)
+    for h in heads or []: check_int('heads', h, lambda o: o >= 0, 'head indices from 0 (e.g. --heads 0 1 2 3)')
     check_positive('dpi', dpi)
     writable_file('out', out)
     net, vocab = load_model(model)
     maps = attention_maps(net, image, None if query is None else tuple(query), vocab=vocab)
+    if heads and max(heads) >= (n := max(l.heads for l in maps.layers)):
+        raise invalid('heads', heads, f'head indices below {n} (the model has {n} heads)')
     save_attention_grid(maps, out, heads, dpi)
     print(f'{image}: model input {maps.size[0]}x{maps.size[1]}, query (y, x) = {maps.query}'
           + (f', predicted {maps.pred}' if maps.pred is not None else '') + f'; {len(maps)} attention layers -> {out}')
@@ -157,18 +182,10 @@ def sasa_maps(image:str, # image file to look at
               model:str='out/weights.pth',
               out:str='attention_maps.png', # PNG to write: the layers x heads grid of attention windows
               query:Param('Y X pixel in the transformed (model input) image; default: its centre', int, nargs=2)=None,
-              heads:int=None, # show only the first `heads` heads of each layer
+              heads:Param('indices of the heads to show, from 0 (default: all)', int, nargs='+')=None,
               dpi:int=110): # resolution of the PNG
     "Draw where every head of every SASA layer of a trained model looks, for one image and one query pixel."
     return run_command(sasa_maps, _maps, image, model, out, query, heads, dpi)
-
-# %% ../nbs/17_cli.ipynb #5f6fefda
-def sasa_attention():
-    "The former name of `sasa_maps` (console script): a note on stderr, then `sasa_maps` with the same arguments."
-    from fastcore.script import _run_cli
-    print('sasa_attention: note: this command is now called sasa_maps; the old name will be removed in the next '
-          'release', file=sys.stderr, flush=True)
-    return _run_cli(sasa_maps.__wrapped__, False)
 
 # %% ../nbs/17_cli.ipynb #c963a1c9
 def _bench(out, quick, device, threads, repeats, warmup):

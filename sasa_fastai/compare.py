@@ -63,6 +63,7 @@ def read_history(path # a history.csv written by `train`
         return [{k: (secs(v) if k == 'time' else int(v) if k == 'epoch' else float(v)) for k, v in row.items()}
                 for row in csv.DictReader(f)]
 
+# %% ../nbs/16_compare.ipynb #4eb8b51e
 def _peak_memory_mib(device):
     "This process's peak memory: the CUDA allocator's on a GPU, the resident set's on the CPU."
     import torch
@@ -97,6 +98,7 @@ def _run_main(arg):
     atomic_write(out / 'result.json', lambda tmp: tmp.write_text(json.dumps(result, indent=1) + '\n'))
     (out / 'checkpoint.pth').unlink(missing_ok=True)
 
+# %% ../nbs/16_compare.ipynb #aa0951de
 def finished(folder, spec):
     "The `result.json` of the run in `folder` if it finished with `spec`, else None."
     f = Path(folder) / 'result.json'
@@ -136,10 +138,6 @@ def run(data, # what `get_dls` takes: a dataset name or a folder
     return res
 
 # %% ../nbs/16_compare.ipynb #9266432a
-def _stat(xs):
-    "Mean, min and max of a list of numbers."
-    return dict(mean=sum(xs) / len(xs), min=min(xs), max=max(xs))
-
 def results(out # the folder `compare` writes into
            ) -> list: # every finished run's `result.json`, in a stable order
     "All finished runs under `out`."
@@ -147,6 +145,11 @@ def results(out # the folder `compare` writes into
     order = list(VARIANTS)
     return sorted(found, key=lambda r: (recipe_tag(r['spec']['data'], r['spec']), order.index(r['spec']['variant']),
                                         r['spec']['seed']))
+
+# %% ../nbs/16_compare.ipynb #78761418
+def _stat(xs):
+    "Mean, min and max of a list of numbers."
+    return dict(mean=sum(xs) / len(xs), min=min(xs), max=max(xs))
 
 def summarize(runs # from `results`
              ) -> list: # one row per recipe and variant
@@ -248,6 +251,7 @@ def write_results(out # the folder `compare` writes into
     plot_accuracy(rows, out / 'accuracy.png')
     return rows
 
+# %% ../nbs/16_compare.ipynb #b280b538
 def compare(data='imagenette', # a dataset name of `get_dls`, or a folder in any of its layouts
             out='results/imagenette', # where the runs, the table and the plot go
             recipe_name='cpu', # a key of `RECIPES`

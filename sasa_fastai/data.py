@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_data.ipynb #abc7de56
 from __future__ import annotations
-import io, os, random, shutil, socket, sys, tempfile, warnings
+import hashlib, io, os, random, shutil, socket, sys, tempfile, warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, redirect_stdout
@@ -12,19 +12,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from .checks import check_choice, check_fraction, check_int, check_positive, check_size, invalid
+from .distributed import is_main_rank
 import fastai.data  # (after sasa_fastai, which quiets a deprecation warning that importing fastai gives)
 from fastcore.foundation import Config
 from fastai.data.all import DataBlock, CategoryBlock, IndexSplitter, get_image_files, parent_label, URLs, Normalize
-from fastai.vision.all import (ImageBlock, RandomResizedCrop, FlipItem, aug_transforms, imagenet_stats, PILImage,
-                               image2tensor)
+from fastai.vision.all import (TransformBlock, IntToFloatTensor, RandomResizedCrop, FlipItem, aug_transforms,
+                               imagenet_stats, PILImage, image2tensor)
+from PIL import ImageOps
 import torch
 from fastdownload import FastDownload
 
 # %% auto #0
-__all__ = ['IMAGENETTE_NAMES', 'IMAGEWOOF_NAMES', 'WNID_NAMES', 'N_DIGITS_VALID', 'DIGITS_FOLDER', 'DATASETS', 'VALID_FOLDERS',
-           'LAYOUTS', 'label_name', 'data_root', 'digits_folder', 'fastai_config', 'dataset_folder', 'image_problem',
-           'dist_env', 'readable_images', 'folder_layout', 'holdout', 'image_items', 'get_dls', 'input_config',
-           'image_input']
+__all__ = ['IMAGENETTE_NAMES', 'IMAGEWOOF_NAMES', 'WNID_NAMES', 'N_DIGITS_VALID', 'DIGITS_FOLDER', 'DATASETS', 'SHOWN',
+           'VALID_FOLDERS', 'LAYOUTS', 'label_name', 'data_root', 'digits_folder', 'fastai_config', 'dataset_folder',
+           'load_image', 'read_image', 'image_problem', 'report_file', 'readable_images', 'folder_layout', 'holdout',
+           'image_items', 'warn_small_images', 'get_dls', 'input_config', 'image_input']
 
 # %% ../nbs/09_data.ipynb #e0808cf6
 IMAGENETTE_NAMES = {
@@ -47,8 +49,8 @@ N_DIGITS_VALID = 360
 DIGITS_FOLDER = 'digits-v2'  # v2: stratified random split (seed 0); bump when the written data changes
 
 def data_root(root=None):
-    "Cache root for the embedded data: `root`, else `$SASA_FASTAI_DATA`, else `~/.cache/sasa_fastai`."
-    return Path(root or os.environ.get('SASA_FASTAI_DATA') or '~/.cache/sasa_fastai').expanduser()
+    "Cache root for the embedded data: `root`, else `$SASA_FASTAI_DATA`, else `~/.cache/sasa_fastai/data`."
+    return Path(root or os.environ.get('SASA_FASTAI_DATA') or '~/.cache/sasa_fastai/data').expanduser()
 
 def _write_digits(dest):
     from sklearn.datasets import load_digits
@@ -63,7 +65,7 @@ def _write_digits(dest):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, mode='L').save(folder / f'{i:04d}.png')
 
-def digits_folder(root=None # cache root; default `$SASA_FASTAI_DATA` or `~/.cache/sasa_fastai`
+def digits_folder(root=None # cache root; default `$SASA_FASTAI_DATA` or `~/.cache/sasa_fastai/data`
                  ) -> Path: # the folder holding `train/` and `val/`
     "sklearn's handwritten digits as an Imagenette-style image folder, written once (atomically) and reused."
     dest = data_root(root) / DIGITS_FOLDER
@@ -124,6 +126,37 @@ def dataset_folder(name, # a key of `DATASETS` other than 'digits'
         f"  - put the archive {fname} into {cfg.path('archive')} (it is then extracted without the network), or\n"
         f"  - extract it anywhere and pass that folder: get_dls(path='/path/to/{fname.split('.')[0]}').")
 
+# %% ../nbs/09_data.ipynb #049336ff
+_HIGH = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')  # single-channel modes of more than 8 bits
+
+def _to_8bit(im):
+    "A high-bit-depth single-channel image as 8-bit 'L', scaled by the range its values use (0-1, 0-255, 0-65535)."
+    a = np.asarray(im).astype(np.float64)
+    top = a.max(initial=0)
+    if im.mode.startswith('I;16'): scale = 65535
+    else: scale = next((s for s in (1, 255, 65535) if top <= s), top)
+    return Image.fromarray(np.clip(np.rint(a * (255 / scale)), 0, 255).astype(np.uint8), 'L')
+
+def _on_white(im):
+    "An image with transparency, composited onto white."
+    im = im.convert('RGBA')
+    return Image.alpha_composite(Image.new('RGBA', im.size, (255, 255, 255, 255)), im).convert('RGB')
+
+# %% ../nbs/09_data.ipynb #283df8b9
+def load_image(fn # an image file, or a PIL image
+              ) -> Image.Image:
+    "The image as the model expects it: 8-bit RGB, EXIF orientation applied, high bit depths scaled, alpha on white."
+    im = fn if isinstance(fn, Image.Image) else Image.open(fn)
+    im = ImageOps.exif_transpose(im)
+    if im.mode in _HIGH: im = _to_8bit(im)
+    if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info): return _on_white(im)
+    return im.convert('RGB')
+
+def read_image(fn # an image file, or a PIL image
+              ) -> PILImage:
+    "`load_image` as fastai's `PILImage`: the first transform of every `DataBlock` here (and of `predict`)."
+    return PILImage.create(load_image(fn))
+
 # %% ../nbs/09_data.ipynb #bb6e3c1e
 def image_problem(fn # an image file
                  ) -> str|None: # None if it can be opened and decoded, else the reason
@@ -134,25 +167,38 @@ def image_problem(fn # an image file
             im.load()
             if min(im.size) < 1: return 'image has no pixels'
         return None
+    except OSError as e:
+        if e.strerror: return e.strerror  # (a missing file, a broken link: the path is shown beside the reason)
+        return f'{type(e).__name__}: {e}'
     except Exception as e: return f'{type(e).__name__}: {e}'
 
-def dist_env():
-    "(rank, world size, local rank) of this process, as torchrun/accelerate set them; (0, 1, 0) when alone."
-    return tuple(int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
+# %% ../nbs/09_data.ipynb #104f483f
+SHOWN = 3  # bad files named in a warning; the full list goes to a file
 
-def _is_main_rank(): return dist_env()[0] == 0
+def report_file(kind, # what the list is, e.g. 'unreadable'
+                items # the files it is about (their common folder names the report)
+               ) -> Path:
+    "Where the full list of `kind` files among `items` is written: a file in the temporary folder."
+    root = os.path.commonpath([str(Path(o).parent) for o in items]) if items else '.'
+    key = hashlib.sha1(root.encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f'sasa_fastai_{kind}_{Path(root).name or "files"}_{key}.txt'
 
 def readable_images(items, # image paths
                     n_workers=None # threads (default: up to 8)
                    ) -> list:
-    "`items` without the files that cannot be decoded; a warning lists each one left out and why."
+    "`items` without the files that cannot be decoded; one warning says how many were left out, and why."
     items = list(items)
     with ThreadPoolExecutor(n_workers or min(8, os.cpu_count() or 1)) as ex:
         problems = list(ex.map(image_problem, items))
     bad = [(o, p) for o, p in zip(items, problems) if p is not None]
-    if bad and _is_main_rank():
-        warnings.warn(f'{len(bad)} unreadable image file(s) left out of the data:\n' +
-                      '\n'.join(f'  {o}: {p}' for o, p in bad), stacklevel=2)
+    if bad and is_main_rank():
+        msg = f'{len(bad)} of {len(items)} image files cannot be read and are left out: '
+        msg += '; '.join(f'{o} ({p})' for o, p in bad[:SHOWN])
+        if len(bad) > SHOWN:
+            report = report_file('unreadable', [o for o, _ in bad])
+            report.write_text(''.join(f'{o}\t{p}\n' for o, p in bad))
+            msg += f'; and {len(bad) - SHOWN} more, all listed in {report}'
+        warnings.warn(msg, stacklevel=2)
     return [o for o, p in zip(items, problems) if p is None]
 
 # %% ../nbs/09_data.ipynb #2410be00
@@ -200,7 +246,7 @@ def _images(folder, depth):
 
 def _split_items(folder, valid_name, verify):
     "Training and validation images of a train/ folder with its validation folder `valid_name` beside it."
-    if valid_name == 'test' and _is_main_rank():
+    if valid_name == 'test' and is_main_rank():
         warnings.warn(f'{folder} has no val/ or valid/ folder: its test/ images are used for validation', stacklevel=3)
     items = [o for o in _images(folder, 2) if o.parent.parent.name in ('train', valid_name)]
     if verify: items = readable_images(items)
@@ -209,7 +255,7 @@ def _split_items(folder, valid_name, verify):
     classes = {label_name(o) for o in train}  # classes come from the training images that exist
     valid = [o for o in items if o.parent.parent.name == valid_name]
     unknown = [o for o in valid if label_name(o) not in classes]
-    if unknown and _is_main_rank():
+    if unknown and is_main_rank():
         warnings.warn(f'{len(unknown)} validation image(s) left out: their class has no training images: ' +
                       ', '.join(sorted({str(o.parent) for o in unknown})), stacklevel=3)
     valid = [o for o in valid if label_name(o) in classes]
@@ -217,9 +263,23 @@ def _split_items(folder, valid_name, verify):
         raise ValueError(f'no readable validation images in {folder / valid_name}: expected {LAYOUTS} in {folder}')
     return train, valid
 
+# %% ../nbs/09_data.ipynb #a6065240
+def _where_images_are(folder):
+    "Why a <class>/<images> folder has no images, saying where they are when they are one or two levels off."
+    if _images(folder, 0):
+        return (f'the images in {folder} are not in class folders: put each class\'s images in a subfolder named '
+                f'after the class ({folder}/<class>/<images>)')
+    for depth in (2, 3):
+        if found := sorted({o.parents[1] for o in _images(folder, depth)}):
+            where = found[0] if len(found) == 1 else f'{found[0]} (and {len(found) - 1} other folders)'
+            return (f'no images in the class folders of {folder}: they are {depth - 1} level{"s" * (depth > 2)} '
+                    f'deeper, in {where}/<class>/; use {found[0]} as the data folder')
+    return f'no images in the class folders of {folder}: expected {LAYOUTS}'
+
 def _class_items(folder, verify, valid_pct, seed):
     "Training and validation images of a <class>/<images> folder: a stratified hold-out."
     items = _images(folder, 1)
+    if not items: raise ValueError(_where_images_are(folder))
     if verify: items = readable_images(items)
     if not items: raise ValueError(f'no readable images in the class folders of {folder}: expected {LAYOUTS}')
     train, valid = holdout(items, [label_name(o) for o in items], valid_pct, seed)
@@ -228,6 +288,7 @@ def _class_items(folder, verify, valid_pct, seed):
                          'validation: add images, or use train/<class>/ and val/<class>/ folders')
     return train, valid
 
+# %% ../nbs/09_data.ipynb #5e4c1731
 def image_items(folder, # an image folder in either layout
                 verify=True, # leave out (with a warning) the files that cannot be decoded
                 valid_pct=0.2, # share held out of a <class>/<images> folder
@@ -256,6 +317,30 @@ def _resolve(data, path):
         return None, Path(data).expanduser()
     raise invalid('data', data, f'one of {list(DATASETS)}, or a folder with {LAYOUTS}')
 
+# %% ../nbs/09_data.ipynb #245bd092
+def _side(fn):
+    "`(width, height)` from the file's header (no decoding); `(0, 0)` if it cannot be read."
+    try:
+        with Image.open(fn) as im: return im.size
+    except Exception: return (0, 0)
+
+def warn_small_images(items, # training images
+                      size, # the training size in pixels
+                      folder=None, # where they come from, for the message
+                      ratio=8 # "far smaller": a shorter side under size / ratio
+                     ) -> int:
+    "Warn once if images are far smaller than `size`: how many, the smallest, whether most are; returns how many."
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex: sides = list(ex.map(_side, items))
+    small = [(min(s), s, o) for s, o in zip(sides, items) if min(s) * ratio < size]
+    if small and is_main_rank():
+        _, (w, h), o = min(small, key=lambda t: t[0])
+        most = f'; most of the images of {folder or "the data"} are this small' if 2 * len(small) > len(items) else ''
+        warnings.warn(f'{len(small)} of {len(items)} training images are far smaller than the training size {size} px '
+                      f'(shorter side under {size / ratio:g} px; the smallest is {w}x{h}, {o}): they are scaled up '
+                      f'and carry little detail{most}. Use a smaller size, or larger images', stacklevel=2)
+    return len(small)
+
+# %% ../nbs/09_data.ipynb #570627e2
 def get_dls(data='digits', # a name from `DATASETS`, or an image folder in either layout (see above)
             # training image size in pixels (>= 32); default: the dataset's (32 for digits, 128/224 for Imagenette)
             size=None,
@@ -283,7 +368,8 @@ def get_dls(data='digits', # a name from `DATASETS`, or an image folder in eithe
     item_tfms = [crop] + ([FlipItem(0.5)] if flip else [])
     batch_tfms = (aug_transforms(do_flip=False) if batch_aug else []) + [Normalize.from_stats(*imagenet_stats)]
     train, valid = image_items(folder, verify, valid_pct, split_seed)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock),
+    if verify and not digits: warn_small_images(train, size, folder)
+    block = DataBlock(blocks=(TransformBlock(type_tfms=read_image, batch_tfms=IntToFloatTensor), CategoryBlock),
                       splitter=IndexSplitter(range(len(train), len(train) + len(valid))),
                       get_y=label_name, item_tfms=item_tfms, batch_tfms=batch_tfms)
     if num_workers is None and digits: num_workers = 0
@@ -304,7 +390,7 @@ def image_input(img, # an image file or a PIL image
                 config # from `input_config`
                ):
     "The model input `[1, 3, H, W]` for one image, through the validation transform `config` describes."
-    img = PILImage.create(img)
+    img = read_image(img)
     img = RandomResizedCrop(tuple(config['size']), val_xtra=config['val_xtra'])(img, split_idx=1)
     x = image2tensor(img).float()[None] / 255
     mean, std = (torch.tensor(config[k]).view(1, -1, 1, 1) for k in ('mean', 'std'))

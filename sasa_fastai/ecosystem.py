@@ -94,7 +94,17 @@ def register_timm():
     from timm.models import register_model
     for fn in (sasa_resnet26, sasa_resnet38, sasa_resnet50, sasa_resnet101): register_model(fn)
 
-# %% ../nbs/18_ecosystem.ipynb #222c2563
+# %% ../nbs/18_ecosystem.ipynb #a59ca7cd
+def _median_ms(f, repeats):
+    "Median milliseconds of `repeats` calls of `f`, after 2 untimed ones."
+    import statistics, time
+    for _ in range(2): f()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter(); f(); times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+# %% ../nbs/18_ecosystem.ipynb #aa9f9ebc
 def onnx_speed(arch='sasa_resnet26', # a key of `models.ARCHS`
                size=64, # image size
                batch=8, # images per forward
@@ -102,7 +112,7 @@ def onnx_speed(arch='sasa_resnet26', # a key of `models.ARCHS`
                threads=None, # CPU threads of both runtimes (default: torch's)
                folder=None): # where the .onnx file is written (default: a temporary folder)
     "Export `arch` with `torch.onnx.export(dynamo=True)`; onnxruntime's agreement and time against PyTorch's."
-    import statistics, tempfile, time
+    import tempfile, time
     from pathlib import Path
     import torch, onnxruntime as ort
     from sasa_fastai.models import ARCHS
@@ -117,20 +127,15 @@ def onnx_speed(arch='sasa_resnet26', # a key of `models.ARCHS`
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(file), opts, providers=['CPUExecutionProvider'])
     feed = {session.get_inputs()[0].name: x.numpy()}
-    def median_ms(f):
-        for _ in range(2): f()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter(); f(); times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
     with torch.no_grad():
         want = model(x)
-        torch_ms = median_ms(lambda: model(x))
+        torch_ms = _median_ms(lambda: model(x), repeats)
     got = torch.from_numpy(session.run(None, feed)[0])
     return dict(arch=arch, size=size, batch=batch, threads=threads, export_s=export_s, torch_ms=torch_ms,
-                onnx_ms=median_ms(lambda: session.run(None, feed)), ort_version=ort.__version__,
+                onnx_ms=_median_ms(lambda: session.run(None, feed), repeats), ort_version=ort.__version__,
                 rel_err=((got - want).abs().max() / want.abs().max()).item())
 
+# %% ../nbs/18_ecosystem.ipynb #c4da2804
 def onnx_speed_markdown(r):
     "The README's lines for a result of `onnx_speed`."
     return (f"| {r['arch']}, {r['size']} px, batch {r['batch']}, {r['threads']} threads | PyTorch (native kernel) | "

@@ -25,14 +25,14 @@ def linear_flops(m, x, y):
 def sasa_flops(m, x, y):
     "`SASA2d` on input `x`: projections, `q.k`, the row and column parts of `q.r`, and the weighted sum of values."
     B, ni, H, W = x.shape
-    P, nf, k = B * H * W, m.nf, m.kernel_size
+    P, nf, k = B * H * W, m.out_channels, m.kernel_size
     return {'attn projections': 2 * ni * 3 * nf * P, 'attn q.k': 2 * k * k * nf * P,
             'attn q.r': 2 * (2 * k) * (nf // 2) * P, 'attn weights.v': 2 * k * k * nf * P}
 
 def stem_flops(m, x, y):
     "`SASAStem` on input `x` (padded to a multiple of the block): projections, value mixing, attention in each block."
     B, ni, H, W = x.shape
-    s, nf, nv = m.block, m.nf, m.n_values
+    s, nf, nv = m.block, m.out_channels, m.n_values
     P = B * (-(-H // s) * s) * (-(-W // s) * s)
     return {'stem projections': 2 * ni * (2 + nv) * nf * P,
             'stem value mixing': 2 * nv * nf * P + 2 * s * s * nf * nv,

@@ -18,17 +18,18 @@ from fastai.callback.fp16 import to_fp16, to_bf16  # patches Learner.to_fp16/to_
 from fastai.losses import LabelSmoothingCrossEntropy
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.torch_core import set_seed
-from .checks import MIN_SIZE, check_choice, check_number, check_positive, check_seed, check_size, invalid
-from .checks import moved, writable_folder
+from .checks import (MIN_SIZE, check_batches, check_choice, check_number, check_positive, check_seed,
+                                check_size, writable_folder)
 from .models import ARCHS
-from .data import get_dls, dist_env
+from .data import get_dls
+from .distributed import dist_env, distrib_training
 from .checkpoint import (TrainingCheckpoint, atomic_write, save_weights, save_pretrained, load_checkpoint,
                                     restore_checkpoint)
 from .visualize import attention_maps  # patches Learner.attention_maps
 
 # %% auto #0
-__all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'check_batches', 'get_learner', 'PlainTableLogger', 'distrib_training',
-           'StopOnInterrupt', 'TrainingInterrupted', 'file_sizes', 'train']
+__all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'get_learner', 'PlainTableLogger', 'StopOnInterrupt', 'TrainingInterrupted',
+           'file_sizes', 'train']
 
 # %% ../nbs/13_learner.ipynb #10a03f4c
 DEFAULT_LR = 4e-3
@@ -46,13 +47,7 @@ def _check_model(make, sasa, size):
     min_size = getattr(model, 'min_size', MIN_SIZE)
     check_size(size, min_size, f'{getattr(make, "__name__", "the model")} downsamples {min_size}x')
 
-def check_batches(dl, bs, world=1):
-    "A training set smaller than one batch would train on nothing (fastai drops the last partial batch): refuse it."
-    n = len(dl.dataset) // world
-    if n < bs and getattr(dl, 'drop_last', True):
-        share = f' per process ({len(dl.dataset)} images, {world} processes)' if world > 1 else ''
-        raise invalid('bs', bs, f'<= {n}: the training set has only {n} images{share}, not one full batch')
-
+# %% ../nbs/13_learner.ipynb #d239c7d7
 def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder (either layout), or `DataLoaders`
                 arch='sasa_resnet26', # a key of `ARCHS` or a model constructor
                 size=None, # image size (default: the dataset's); ignored when `data` is `DataLoaders`
@@ -102,24 +97,6 @@ class PlainTableLogger(Callback):
 
     def after_fit(self):
         if hasattr(self, 'old_logger'): self.learn.logger = self.old_logger
-
-# %% ../nbs/13_learner.ipynb #f41a1020
-def _broadcast_any_backend(self, t, rank):
-    "Broadcast the list `t` from `rank`: on the GPU for NCCL, on the CPU for gloo (fastai's version is CUDA-only)."
-    dev = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
-    t = torch.tensor(t, dtype=torch.long, device=dev)
-    torch.distributed.broadcast(t, rank)
-    return t.cpu().tolist()
-
-def distrib_training(learn # a `Learner`, its data on the GPU (one per process) or on the CPU
-                    ):
-    "fastai's `distrib_ctx` for this process: DDP over NCCL with SyncBatchNorm on GPUs, over gloo on CPUs."
-    try: import fastai.distributed  # patches Learner.distrib_ctx
-    except NameError as e:  # fastai.distributed fails this way when the `accelerate` package is missing
-        raise ImportError('multi-process training needs the `accelerate` package: pip install accelerate') from e
-    fastai.distributed.DistributedDL._broadcast = _broadcast_any_backend
-    cuda = torch.device(learn.dls.device or 'cpu').type == 'cuda'
-    return learn.distrib_ctx(sync_bn=cuda, cpu=not cuda)
 
 # %% ../nbs/13_learner.ipynb #7803f517
 class StopOnInterrupt(Callback):
@@ -182,6 +159,50 @@ def _check_resume(out, config, resume):
     if changed: raise ValueError('resume: these arguments differ from the run being resumed: ' + ', '.join(changed))
     return state
 
+# %% ../nbs/13_learner.ipynb #a25d4559
+def _announce(learn, data, arch, bs, epochs, lr, seed, world, state):
+    "The run's first line: data, model, sizes and where it runs."
+    dls = learn.dls
+    x, _ = dls.valid.one_batch()
+    print(f'training {arch} on {data}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images, '
+          f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {bs}{f" x {world} processes" if world > 1 else ""}, '
+          f'{epochs} epochs, lr {lr:g}, seed {seed}, device {dls.device or "cpu"}, {torch.get_num_threads()} threads'
+          + (f', resuming after epoch {state["epoch"] - 1}' if state else ''), flush=True)
+
+# %% ../nbs/13_learner.ipynb #71155cc8
+def _fit(learn, epochs, state, config, main, world):
+    "One-cycle training with a checkpoint every epoch; Ctrl-C raises `TrainingInterrupted` (see above)."
+    if state is not None: restore_checkpoint(learn, state)
+    ckpt = TrainingCheckpoint('checkpoint.pth', state=state, save=main, config=config)
+    cbs = [ckpt] + ([CSVLogger('history.csv', append=False)] if main else [])
+    bar = sys.stdout.isatty() and main
+    if main and not bar: cbs.append(PlainTableLogger())
+    stop = StopOnInterrupt()
+    try:
+        with (nullcontext() if bar else learn.no_bar()), \
+             (distrib_training(learn) if world > 1 else nullcontext()), stop:
+            learn.fit_one_cycle(epochs, cbs=cbs + [stop], start_epoch=state['epoch'] if state else 0)
+    except KeyboardInterrupt: stop.interrupted = True
+    if stop.interrupted:
+        done = len(getattr(ckpt, 'rows', []))
+        if not done and state is None and main:  # nothing to resume from: leave no partial files behind
+            (learn.path / 'history.csv').unlink(missing_ok=True)
+        raise TrainingInterrupted(learn.path / 'checkpoint.pth' if done and main else None, done)
+    learn.logger = print  # drop the loggers the fit callbacks chained (a closed CSV file cannot be exported)
+
+# %% ../nbs/13_learner.ipynb #f8f366f9
+def _save_run(learn, out, arch, data):
+    "Write export.pkl, weights.pth, model/ and loss.png beside history.csv and checkpoint.pth; print what was written."
+    files = [out / 'export.pkl', out / 'weights.pth', out / 'history.csv', out / 'loss.png', out / 'checkpoint.pth']
+    atomic_write(files[0], lambda tmp: learn.export(tmp.absolute()))  # (fastai exports to learn.path / fname)
+    save_weights(learn, files[1])
+    folder = save_pretrained(learn, out / 'model')  # model.safetensors + config.json: a folder for the Hugging Face Hub
+    _save_loss_plot(learn, files[3], f'{arch} on {data}: loss')
+    acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]
+    print(f'wrote {out}: {file_sizes(*files)}; model/: {file_sizes(*sorted(folder.iterdir()))}')
+    print(f'final validation accuracy: {acc:.4f}', flush=True)
+
+# %% ../nbs/13_learner.ipynb #d20551ce
 def train(data='digits', # dataset name, image folder (either layout) or `DataLoaders`
           arch='sasa_resnet26', # a key of `ARCHS`
           size=None, # image size (default: the dataset's)
@@ -201,47 +222,15 @@ def train(data='digits', # dataset name, image folder (either layout) or `DataLo
                   valid_pct=valid_pct, attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
     state = _check_resume(out, config, resume)
     rank, world, local_rank = dist_env()
-    main = rank == 0
     if world > 1 and torch.cuda.is_available(): torch.cuda.set_device(local_rank)
     set_seed(seed, reproducible=True)
     learn = get_learner(data, arch, size=size, bs=bs, valid_pct=valid_pct, attention=attention, stem=stem,
                         kernel_size=kernel_size, num_heads=num_heads, lr=lr)
-    if main: writable_folder('out', out)
-    learn.path, dls = out, learn.dls
-    if world > 1: check_batches(dls.train, bs, world)
-    if main:
-        x, _ = dls.valid.one_batch()
-        print(f'training {arch} on {data}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images, '
-              f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {bs}{f" x {world} processes" if world > 1 else ""}, '
-              f'{epochs} epochs, lr {lr:g}, seed {seed}, device {dls.device or "cpu"}, '
-              f'{torch.get_num_threads()} threads'
-              + (f', resuming after epoch {state["epoch"] - 1}' if state else ''), flush=True)
-    if state is not None: restore_checkpoint(learn, state)
-    ckpt = TrainingCheckpoint('checkpoint.pth', state=state, save=main, config=config)
-    cbs = [ckpt] + ([CSVLogger('history.csv', append=False)] if main else [])
-    bar = sys.stdout.isatty() and main
-    if main and not bar: cbs.append(PlainTableLogger())
-    stop = StopOnInterrupt()
-    try:
-        with (nullcontext() if bar else learn.no_bar()), \
-             (distrib_training(learn) if world > 1 else nullcontext()), stop:
-            learn.fit_one_cycle(epochs, cbs=cbs + [stop], start_epoch=state['epoch'] if state else 0)
-    except KeyboardInterrupt: stop.interrupted = True
-    if stop.interrupted:
-        done = len(getattr(ckpt, 'rows', []))
-        raise TrainingInterrupted(out / 'checkpoint.pth' if done and main else None, done)
-    learn.logger = print  # drop the loggers the fit callbacks chained (a closed CSV file cannot be exported)
-    if not main: return None
-    files = [out / 'export.pkl', out / 'weights.pth', out / 'history.csv', out / 'loss.png', out / 'checkpoint.pth']
-    atomic_write(files[0], lambda tmp: learn.export(tmp.absolute()))  # (fastai exports to learn.path / fname)
-    save_weights(learn, files[1])
-    folder = save_pretrained(learn, out / 'model')  # model.safetensors + config.json: a folder for the Hugging Face Hub
-    _save_loss_plot(learn, files[3], f'{arch} on {data}: loss')
-    acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]
-    print(f'wrote {out}: {file_sizes(*files)}; model/: {file_sizes(*sorted(folder.iterdir()))}')
-    print(f'final validation accuracy: {acc:.4f}', flush=True)
+    if rank == 0: writable_folder('out', out)
+    learn.path = out
+    if world > 1: check_batches(learn.dls.train, bs, world)
+    if rank == 0: _announce(learn, data, arch, bs, epochs, lr, seed, world, state)
+    _fit(learn, epochs, state, config, rank == 0, world)
+    if rank != 0: return None
+    _save_run(learn, out, arch, data)
     return learn
-
-# %% ../nbs/13_learner.ipynb #d8db4456
-__getattr__ = moved(__name__, {'sasa_train': 'cli.sasa_train', 'parse_attention': 'cli.parse_attention',
-                               'STOP_ENV': 'checkpoint.STOP_ENV'})

@@ -8,13 +8,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 import torch.nn as nn
 from fastcore.basics import patch, store_attr
-from .checks import (MIN_SIZE, check_choice, check_int, check_positive, check_positives, check_pretrained,
+from .checks import (MIN_SIZE, check_choice, check_heads, check_int, check_positive, check_positives, check_pretrained,
                                 check_sasa_args, invalid)
 from .layers import SASA2d, SASAStem
 
 # %% auto #0
 __all__ = ['STEMS', 'WIDTHS', 'DEPTHS', 'resnet26', 'resnet38', 'resnet50', 'resnet101', 'sasa_resnet26', 'sasa_resnet38',
-           'sasa_resnet50', 'sasa_resnet101', 'ARCHS', 'conv_bn', 'Bottleneck', 'stage_spec', 'ResNet']
+           'sasa_resnet50', 'sasa_resnet101', 'ARCHS', 'conv_bn', 'Bottleneck', 'stage_spec', 'stem_modules', 'ResNet']
 
 # %% ../nbs/08_models.ipynb #bf1f620a
 def conv_bn(in_channels, out_channels, ks=1, stride=1, act=True, zero_bn=False):
@@ -55,10 +55,21 @@ def stage_spec(attention):
         return tuple(i + 1 in items for i in range(4))
     raise invalid('attention', attention, valid)
 
-# %% ../nbs/08_models.ipynb #f6db59da
+# %% ../nbs/08_models.ipynb #c68eaf32
 STEMS = ('conv', 'attention')
 WIDTHS = (64, 128, 256, 512)
 
+def stem_modules(stem, # one of `STEMS`
+                 n_in, # input channels
+                 width, # output channels
+                 num_heads=8, inference=False # the attention stem's heads and inference flag
+                ) -> list:
+    "`(name, module)` pairs of a stem: a 7x7 stride-2 conv and a max pool, or the paper's attention stem (`SASAStem`)."
+    if check_choice('stem', stem, STEMS) == 'attention':
+        return [('stem', SASAStem(n_in, width, num_heads=num_heads, inference=inference))]
+    return [('stem', conv_bn(n_in, width, ks=7, stride=2)), ('pool', nn.MaxPool2d(3, 2, 1))]
+
+# %% ../nbs/08_models.ipynb #f6db59da
 class ResNet(nn.Sequential):
     "A ResNet V1.5 as data: stem, four bottleneck stages (conv or SASA spatial layers), pooled linear head."
     strides = (1, 2, 2, 2)
@@ -78,11 +89,10 @@ class ResNet(nn.Sequential):
         widths = check_positives('widths', widths, 4, f'{list(WIDTHS)} (bottleneck widths)')
         check_int('n_out', n_out, lambda o: o >= 0, 'a number of classes, or 0 for no classifier')
         check_positive('n_in', n_in, '(image channels)')
-        for w in widths: check_sasa_args(w, w, kernel_size, 1, num_heads, out_name='widths')
+        check_heads(num_heads, widths)
+        check_sasa_args(widths[0], widths[0], kernel_size, 1, num_heads)
         spec = stage_spec(attention)
-        stem_layers = ([('stem', SASAStem(n_in, widths[0], num_heads=num_heads, inference=inference))]
-                       if stem == 'attention'
-                       else [('stem', conv_bn(n_in, widths[0], ks=7, stride=2)), ('pool', nn.MaxPool2d(3, 2, 1))])
+        stem_layers = stem_modules(stem, n_in, widths[0], num_heads, inference)
         channels, stages = widths[0], []
         for i, (n, w, s, att) in enumerate(zip(layers, widths, self.strides, spec)):
             blocks = [Bottleneck(channels if j == 0 else w * 4, w, s if j == 0 else 1, att, kernel_size, num_heads,

@@ -18,7 +18,7 @@ from matplotlib.colors import Normalize as ColorNorm
 from fastcore.basics import patch
 from fastai.learner import Learner
 from fastai.torch_core import TensorImage
-from .checks import invalid, moved
+from .checks import check_choice, invalid
 from .layers import SASA2d, SASAStem
 from .data import image_input
 from .checkpoint import atomic_write
@@ -55,6 +55,7 @@ class AttentionRecorder:
         return (f'AttentionRecorder(input_size={self.input_size}, ' +
                 ', '.join(f'{n}: {tuple(w.shape)}' for n, w in self.weights.items()) + ')')
 
+# %% ../nbs/12_visualize.ipynb #123c43fc
 def _input_size(rec):
     def hook(module, args):
         x = args[0] if args else None
@@ -90,12 +91,12 @@ def window_geometry(query, # `(y, x)` pixel of the input image
                     in_size, # `(H, W)` of the input image
                     feat_size, # `(h, w)` of the feature map the attention runs at
                     k, # window size (`kernel_size`, or the stem's `block`)
-                    block=False): # `True` for `SASAStem`: the window is the k x k block holding the pixel
+                    window='sliding'): # 'sliding' (`SASA2d`: centred on the pixel) or 'block' (`SASAStem`'s blocks)
     "Feature position `(i, j)`, stride `(sy, sx)` in input pixels, and the window's box `(top, left, bottom, right)`."
     (y, x), (H, W), (h, w) = query, in_size, feat_size
     sy, sx = H / h, W / w
     i, j = y * h // H, x * w // W
-    if block: r0, c0 = i // k * k, j // k * k
+    if check_choice('window', window, ('sliding', 'block')) == 'block': r0, c0 = i // k * k, j // k * k
     else: r0, c0 = i - k // 2, j - k // 2
     return (i, j), (sy, sx), (r0 * sy, c0 * sx, (r0 + k) * sy, (c0 + k) * sx)
 
@@ -226,8 +227,8 @@ def attention_maps(model, # a fastai `Learner` or an `nn.Module` with SASA layer
     layers, full = [], {}
     for name, w in rec.weights.items():
         m, w = rec.layers[name], w[0].float().cpu()
-        block = isinstance(m, SASAStem)
-        pos, stride, box = window_geometry(query, rec.input_size, tuple(w.shape[1:3]), w.shape[-1], block)
+        window = 'block' if isinstance(m, SASAStem) else 'sliding'
+        pos, stride, box = window_geometry(query, rec.input_size, tuple(w.shape[1:3]), w.shape[-1], window)
         layers.append(LayerWindow(name, type(m).__name__, tuple(w.shape[1:3]), stride, pos, w[:, pos[0], pos[1]], box))
         full[name] = w
     out, pred = (out.detach().cpu() if isinstance(out, torch.Tensor) else None), None
@@ -293,6 +294,7 @@ def _beyond(box, image_size):
     (t, l, b, r), (H, W) = box, image_size
     return t < 0 or l < 0 or b > H or r > W
 
+# %% ../nbs/12_visualize.ipynb #ccd7b66b
 _OUTSIDE, _TINT = 0.45, 0.6  # brightness of the image outside the window; opacity of the tint at the top weight
 
 def _window_lit(image, box):
@@ -323,6 +325,20 @@ def _draw_window(ax, lw, head, image_size, image):
         ax.add_patch(Rectangle((0, 0), W, H, fill=False, ec='cyan', lw=1, ls='--', zorder=4))
     ax.set_xlim(min(0, l), max(W, r)); ax.set_ylim(max(H, b), min(0, t))
 
+# %% ../nbs/12_visualize.ipynb #1fbd3c66
+def _grid_legend(fig, recs, image_size):
+    "What the marks of the grid mean, below it."
+    items = [Line2D([], [], ls='', marker='o', mfc='red', mec='white', ms=7, label='query pixel'),
+             Patch(fc='none', ec='0.3', label='window: k x k cells, one per feature pixel'),
+             Patch(fc='none', ec=_TOP, label="the head's most attended cell"),
+             Patch(fc='black', alpha=0.6, label="0.42  the head's largest weight (top-left number)")]
+    if any(_beyond(l.box, image_size) for l in recs):
+        items += [Patch(fc='0.82', ec='0.55', hatch='////', label='window beyond the image: zero padding'),
+                  Line2D([], [], color='cyan', ls='--', label='the image border (where the window is larger)')]
+    fig.legend(handles=items, loc='outside lower center', ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles=items, loc='outside lower center', ncol=3, fontsize=8, frameon=False)
+
+# %% ../nbs/12_visualize.ipynb #e8eadecf
 def show_attention_grid(maps, # an `AttentionMaps`
                         layers=None, # names or indices of the layers to show (default: all)
                         heads=None, # indices of the heads to show (default: all)
@@ -342,19 +358,12 @@ def show_attention_grid(maps, # an `AttentionMaps`
             _mark_query(ax, maps.query, 20)
             ax.text(0.03, 0.97, f'{float(lw.weights[n].max()):.2f}', transform=ax.transAxes, va='top', fontsize=7,
                     color='white', bbox=dict(fc='black', alpha=0.6, lw=0, pad=1), zorder=6)
-            if lw is recs[0]: ax.set_title(f'head {n + 1}', fontsize=9)
+            if lw is recs[0]: ax.set_title(f'head {n}', fontsize=9)
         row[0].set_ylabel(f'{layer_label(lw.name)}\n{lw.size[0]}x{lw.size[1]} map, {lw.stride[0]:g} px/cell',
                           fontsize=8)
     fig.colorbar(ScalarMappable(ColorNorm(0, 1), _CMAP), ax=axs, shrink=min(0.8, 3 / len(recs)), pad=0.02,
                  label=f"weight / the head's largest weight (tint: clear at 0, {_TINT:.0%} opaque at 1)")
-    items = [Line2D([], [], ls='', marker='o', mfc='red', mec='white', ms=7, label='query pixel'),
-             Patch(fc='none', ec='0.3', label='window: k x k cells, one per feature pixel'),
-             Patch(fc='none', ec=_TOP, label="the head's most attended cell"),
-             Patch(fc='black', alpha=0.6, label="0.42  the head's largest weight (top-left number)")]
-    if any(_beyond(l.box, maps.size) for l in recs):
-        items += [Patch(fc='0.82', ec='0.55', hatch='////', label='window beyond the image: zero padding'),
-                  Line2D([], [], color='cyan', ls='--', label='the image border (where the window is larger)')]
-    fig.legend(handles=items, loc='outside lower center', ncol=3, fontsize=8, frameon=False)
+    _grid_legend(fig, recs, maps.size)
     if title:
         H, W = maps.size
         fig.suptitle(f'Where each attention head looks from the query pixel (y, x) = {maps.query} '
@@ -364,13 +373,14 @@ def show_attention_grid(maps, # an `AttentionMaps`
                      fontsize=10)
     return fig
 
+# %% ../nbs/12_visualize.ipynb #06980e85
 def save_attention_grid(maps, # an `AttentionMaps`
                         path, # PNG to write
-                        heads=None, # how many heads per layer to show (default: all)
+                        heads=None, # indices of the heads to show (default: all)
                         dpi=110 # resolution
                        ) -> Path:
-    "Write `show_attention_grid(maps)` to the PNG `path` (atomically)."
-    fig = show_attention_grid(maps, heads=None if heads is None else range(heads))
+    "Write `show_attention_grid(maps, heads=heads)` to the PNG `path` (atomically)."
+    fig = show_attention_grid(maps, heads=heads)
     try: atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format='png'))
     finally: plt.close(fig)
     return Path(path)
@@ -432,6 +442,3 @@ def show_attention_distance(maps, # one `AttentionMaps` or a list of them (avera
     ax.legend(fontsize=8); ax.grid(alpha=0.3)
     ax.set_title('How far each head looks (one dot per head)', fontsize=10)
     return ax
-
-# %% ../nbs/12_visualize.ipynb #1ab3b9d0
-__getattr__ = moved(__name__, {'sasa_attention': 'cli.sasa_maps'})

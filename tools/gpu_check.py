@@ -109,16 +109,16 @@ def layers(device, tiny, repeats, warmup):
           'first call s | peak MiB |', '|---|---:|---:|---:|']
     res, failed = {}, False
     for C, H, N in shapes:
-        for impl in ('ours', 'conv'):
-            spec = layer_case(impl, C, H, 'fwdbwd', batch=B, kernel_size=k, num_heads=N, **kw)
-            r = res[C, impl] = run_case(spec, device, warmup=warmup, repeats=repeats)
+        for layer in ('sasa', 'conv'):
+            spec = layer_case(layer, C, H, 'fwdbwd', batch=B, kernel_size=k, num_heads=N, **kw)
+            r = res[C, layer] = run_case(spec, device, warmup=warmup, repeats=repeats)
             failed |= 'error' in r
-            name = f"SASA2d ({r.get('backend', '?')}), d={C // N}" if impl == 'ours' else 'conv 3x3'
+            name = f"SASA2d ({r.get('backend', '?')}), d={C // N}" if layer == 'sasa' else 'conv 3x3'
             md.append(_line(f'{name}, C={C} @ {H}x{H}', r))
             print(md[-1], file=sys.stderr, flush=True)
     C = shapes[0][0]
     t = lambda i: res[C, i].get('time_ms')
-    ratio = t('ours') / t('conv') if t('ours') and t('conv') else None
+    ratio = t('sasa') / t('conv') if t('sasa') and t('conv') else None
     label = f'layer C={C} @ {shapes[0][1]}x{shapes[0][1]} fwd+bwd time, ours / conv 3x3'
     return md, [target(label, ratio, '<=', 3)], failed
 
