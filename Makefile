@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FLAGS ?=
 
-.PHONY: test demo demo-sweep imagenette imagenette-maps bench onnx-speed gpu-check readme sync-check readme-check lint nbtest clean-venv
+.PHONY: test demo demo-sweep imagenette imagenette-maps bench memory onnx-speed gpu-check readme sync-check readme-check lint nbtest clean-venv
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -90,3 +90,7 @@ onnx-speed: $(STAMP)
 	  onnx_speed, onnx_speed_markdown; from sasa_fastai.benchmark import machine_info, machine_line; \
 	  r = onnx_speed(); md = f'{machine_line(machine_info())}\n\n' + onnx_speed_markdown(r) + '\n'; print(md); \
 	  Path('results/onnx_speed.md').write_text('\`make onnx-speed\`\n\n' + md)"
+
+# the memory estimate of a training step against measured peaks (both models, three sizes): results/memory.md
+memory: $(STAMP)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) tools/memory_check.py

@@ -12,12 +12,14 @@ from .attention import pick_backend
 from .layers import SASA2d
 from .models import ARCHS
 from .checkpoint import atomic_write
+from .memory import estimate_memory
 
 # %% auto #0
 __all__ = ['LAYERS', 'LAYER_SHAPES', 'MEMORY_ENV', 'TIME_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case', 'model_case',
            'case_name', 'make_step', 'peak_rss_mib', 'measure', 'run_case', 'breakdown_case', 'breakdown',
            'breakdown_markdown', 'bench_cases', 'layer_markdown', 'model_markdown', 'target', 'targets_text',
-           'check_targets', 'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark']
+           'check_targets', 'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark',
+           'memory_rows', 'memory_markdown']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
 LAYERS = ('sasa', 'reference', 'conv')
@@ -494,3 +496,28 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
         atomic_write(Path(out) / 'bench.md', lambda tmp: tmp.write_text(bench_markdown(report)))
         atomic_write(Path(out) / 'bench.json', lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     return report
+
+# %% ../nbs/15_benchmark.ipynb #b6dd5cba
+def memory_rows(archs=('resnet26', 'sasa_resnet26'), # models, keys of `ARCHS`
+                sizes=(64, 96, 128), # square input sizes
+                bs=8 # batch size
+               ) -> list:
+    "Estimate and measured peak (MiB) of one training step of each model at each size, in fresh processes."
+    rows = []
+    for arch in archs:
+        model = ARCHS[arch](n_out=10)
+        for s in sizes:
+            r = run_case(model_case(arch, 'train', s, bs), warmup=0, repeats=1)
+            est = estimate_memory(model, s, bs, arch=arch).step / 2 ** 20
+            rows.append(dict(arch=arch, size=s, bs=bs, estimate_mib=est, measured_mib=r.get('peak_mib'),
+                             error=r.get('error')))
+    return rows
+
+def memory_markdown(rows) -> str:
+    "The rows as a table: estimate, measured, and their ratio."
+    out = ['| model | size | batch | estimate MiB | measured MiB | estimate / measured |', '|---|---:|---:|---:|---:|---:|']
+    for r in rows:
+        m = r['measured_mib']
+        out.append(f"| {r['arch']} | {r['size']} px | {r['bs']} | {r['estimate_mib']:.0f} | "
+                   + (f"{m:.0f} | {r['estimate_mib'] / m:.2f}x |" if m else f"failed: {r['error']} | |"))
+    return '\n'.join(out)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_cli.ipynb #3966da07
 from __future__ import annotations
-import argparse, inspect, shlex, shutil, sys, warnings
+import argparse, contextlib, inspect, shlex, shutil, sys, warnings
 from pathlib import Path
 from fastcore.script import call_parse, is_cli, store_true, Param
 from .checks import InvalidArgument, invalid  # (light: torch and fastai are imported when a command runs)
@@ -33,6 +33,7 @@ def _exit_status(f):
     f.__doc__ = f'{f.__doc__} {EXIT_STATUS}'
     return f
 
+# %% ../nbs/17_cli.ipynb #23b1fba5
 def _as_typed(value):
     "A value as it is typed on a command line: `vgg16`, `40 2`, `'my photos'`."
     if isinstance(value, (list, tuple)): return ' '.join(_as_typed(o) for o in value)
@@ -48,6 +49,7 @@ def _message(e, command=None):
         return f'{flag} {_as_typed(e.value)} is not valid: {flag} must be {e.valid}'
     return str(e)
 
+# %% ../nbs/17_cli.ipynb #4d983b0f
 def _interrupted(name, e):
     "What Ctrl-C prints: for an interrupted training run, where its checkpoint is and how to resume."
     ckpt = getattr(e, 'checkpoint', None)
@@ -67,8 +69,10 @@ def run_command(command, # the `call_parse` function of the command
      "and an exit status.")
     if not is_cli(command): return fn(*args, **kwargs)
     name = command.__name__
+    fmt = warnings.formatwarning
     try:
         with warnings.catch_warnings():
+            warnings.filterwarnings('default', category=UserWarning)  # (each warning once per command)
             warnings.formatwarning = lambda msg, *a, **k: f'{name}: warning: {msg}\n'  # no file:line, no source line
             fn(*args, **kwargs)
     except (ValueError, OSError) as e:
@@ -77,6 +81,7 @@ def run_command(command, # the `call_parse` function of the command
     except KeyboardInterrupt as e:
         print(f'\n{_interrupted(name, e)}', file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+    finally: warnings.formatwarning = fmt
 
 # %% ../nbs/17_cli.ipynb #1c5c3451
 def parse_attention(s):
@@ -158,8 +163,10 @@ def load_model(path # a weights.pth (plain data), a model folder (model.safetens
 def _maps(image, model, out, query, heads, dpi):
     from sasa_fastai.checks import check_file, check_int, check_positive, invalid, writable_file
     from sasa_fastai.data import image_problem
+    from sasa_fastai.memory import check_image_memory
     from sasa_fastai.visualize import attention_maps, save_attention_grid
     check_file('image', image, 'an image file')
+    with contextlib.suppress(OSError): check_image_memory(image)  # before decoding it (not an image: see below)
     if (problem := image_problem(image)) is not None:
         raise invalid('image', image, f'an image file PIL can read ({problem})')
     for h in heads or []: check_int('heads', h, lambda o: o >= 0, 'head indices from 0 (e.g. --heads 0 1 2 3)')

@@ -152,7 +152,7 @@ def load_image(fn # an image file, or a PIL image
     if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info): return _on_white(im)
     return im.convert('RGB')
 
-def read_image(fn # an image file, or a PIL image
+def read_image(fn:Path|str|Image.Image # an image file, or a PIL image
               ) -> PILImage:
     "`load_image` as fastai's `PILImage`: the first transform of every `DataBlock` here (and of `predict`)."
     return PILImage.create(load_image(fn))

@@ -26,6 +26,7 @@ from .distributed import dist_env, distrib_training
 from .checkpoint import (TrainingCheckpoint, atomic_write, save_weights, save_pretrained, load_checkpoint,
                                     restore_checkpoint)
 from .visualize import attention_maps  # patches Learner.attention_maps
+from .memory import check_memory  # (and patches Learner.memory_estimate)
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'get_learner', 'PlainTableLogger', 'StopOnInterrupt', 'TrainingInterrupted',
@@ -61,6 +62,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
                 inference=False, # SASA layers keep their last attention weights (for plots)
                 lr=DEFAULT_LR, # default learning rate of `fit_one_cycle`/`fit`
                 mixed_precision=True, # bf16/fp16 AMP when the data is on a CUDA device
+                memory_check=True, # refuse a size and batch whose training step would not fit in memory
                 **kwargs # passed to `Learner` (e.g. `wd`, `opt_func`, `cbs`)
                ) -> Learner:
     "A fastai `Learner` for `arch` on `data`: label-smoothing loss, accuracy metrics, AMP on GPU."
@@ -78,6 +80,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
     if mixed_precision and torch.device(dls.device or 'cpu').type == 'cuda':
         learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     learn.arch_name = getattr(make, '__name__', type(model).__name__)
+    if memory_check and (est := learn.memory_estimate()) is not None: check_memory(est)  # before any batch
     return learn
 
 # %% ../nbs/13_learner.ipynb #48f50fe8
@@ -168,6 +171,7 @@ def _announce(learn, data, arch, bs, epochs, lr, seed, world, state):
           f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {bs}{f" x {world} processes" if world > 1 else ""}, '
           f'{epochs} epochs, lr {lr:g}, seed {seed}, device {dls.device or "cpu"}, {torch.get_num_threads()} threads'
           + (f', resuming after epoch {state["epoch"] - 1}' if state else ''), flush=True)
+    if (est := learn.memory_estimate()) is not None: print(f'memory: {est} (estimated)', flush=True)
 
 # %% ../nbs/13_learner.ipynb #71155cc8
 def _fit(learn, epochs, state, config, main, world):
