@@ -515,7 +515,8 @@ def memory_rows(archs=('resnet26', 'sasa_resnet26'), # models, keys of `ARCHS`
 
 def memory_markdown(rows) -> str:
     "The rows as a table: estimate, measured, and their ratio."
-    out = ['| model | size | batch | estimate MiB | measured MiB | estimate / measured |', '|---|---:|---:|---:|---:|---:|']
+    out = ['| model | size | batch | estimate MiB | measured MiB | estimate / measured |',
+           '|---|---:|---:|---:|---:|---:|']
     for r in rows:
         m = r['measured_mib']
         out.append(f"| {r['arch']} | {r['size']} px | {r['bs']} | {r['estimate_mib']:.0f} | "

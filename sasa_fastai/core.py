@@ -90,7 +90,8 @@ def reference_logits(q, k, rel_h, rel_w, masked=False):
 def reference_backend(q, k, v, rel_h, rel_w, masked=False, inference=False):
     "The k*k-copies formulation: gather every window, then softmax(q.k + q.r) and a weighted sum."
     w = reference_logits(q, k, rel_h, rel_w, masked).softmax(2)
-    return torch.einsum('bnohw,bndhwo->bndhw', w, _windows(v, rel_h.shape[0])), (pixel_weights(w) if inference else None)
+    out = torch.einsum('bnohw,bndhwo->bndhw', w, _windows(v, rel_h.shape[0]))
+    return out, (pixel_weights(w) if inference else None)
 
 # %% ../nbs/01_core.ipynb #12044316
 def shift_backend(q, k, v, rel_h, rel_w, masked=False, inference=False):

@@ -109,7 +109,8 @@ def forward(self:SASAStem, x):
     pick = lambda r, idx: r.gather(-1, idx.expand(*r.shape[:-1], s * s))  # query t, key u -> [B, N, nh, nw, t, u]
     w = (torch.einsum('bndxyt,bndxyu->bnxytu', q, k) + pick(rh, self._ridx) + pick(rw, self._cidx)).softmax(-1)
     y = torch.einsum('bnxytu,bndxyu->bndxyt', w, v)
-    y = y.reshape(B, self.out_channels, nh, nw, s, s).transpose(3, 4).reshape(B, self.out_channels, nh * s, nw * s)[..., :H, :W]
+    C = self.out_channels
+    y = y.reshape(B, C, nh, nw, s, s).transpose(3, 4).reshape(B, C, nh * s, nw * s)[..., :H, :W]
     self.attn_weights = (w.detach().reshape(B, N, nh, nw, s, s, s, s).transpose(3, 4)
                          .reshape(B, N, nh * s, nw * s, s, s)[:, :, :H, :W] if self.inference else None)
     return self.pool(self.act(self.bn(y)))

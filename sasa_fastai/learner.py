@@ -171,7 +171,7 @@ def _announce(learn, data, arch, bs, epochs, lr, seed, world, state):
           f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {bs}{f" x {world} processes" if world > 1 else ""}, '
           f'{epochs} epochs, lr {lr:g}, seed {seed}, device {dls.device or "cpu"}, {torch.get_num_threads()} threads'
           + (f', resuming after epoch {state["epoch"] - 1}' if state else ''), flush=True)
-    if (est := learn.memory_estimate()) is not None: print(f'memory: {est} (estimated)', flush=True)
+    if (est := learn.memory_estimate()) is not None: print(f'memory: {est}', flush=True)
 
 # %% ../nbs/13_learner.ipynb #71155cc8
 def _fit(learn, epochs, state, config, main, world):

@@ -44,7 +44,8 @@ def activation_bytes(model, # the model (not changed: a meta copy runs)
 # %% ../nbs/12a_memory.ipynb #bd77e4c0
 def _cgroup_left():
     "Bytes the cgroup (v2 or v1) still allows this process, or None."
-    for limit, usage in (('memory.max', 'memory.current'), ('memory/memory.limit_in_bytes', 'memory/memory.usage_in_bytes')):
+    for limit, usage in (('memory.max', 'memory.current'),
+                         ('memory/memory.limit_in_bytes', 'memory/memory.usage_in_bytes')):
         try:
             top = Path('/sys/fs/cgroup', limit).read_text().strip()
             if top == 'max' or int(top) >= 2 ** 60: continue
@@ -89,7 +90,8 @@ class MemoryEstimate:
     @property
     def fits(self): return self.available is None or self.total <= self.available
     def __str__(self):
-        return (f'about {gb(self.total)} for training {self.arch} at {self.size[0]}x{self.size[1]} px, batch {self.bs} '
+        return (f'about {gb(self.total)} (estimated) for training {self.arch} at {self.size[0]}x{self.size[1]} px, '
+                f'batch {self.bs} '
                 f'(activations {gb(self.activations)}, weights with gradients and Adam state {gb(4 * self.weights)}); '
                 + (f'{gb(self.available)} available' if self.available is not None else 'available memory unknown'))
 

@@ -8,7 +8,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 import torch.nn as nn
 from fastcore.basics import patch, store_attr
-from .checks import (MIN_SIZE, check_choice, check_heads, check_int, check_positive, check_positives, check_pretrained,
+from .checks import (MIN_SIZE, check_choice, check_heads, check_int, check_positive, check_positives,
+                                check_pretrained,
                                 check_sasa_args, invalid)
 from .layers import SASA2d, SASAStem
 
@@ -28,7 +29,8 @@ def conv_bn(in_channels, out_channels, ks=1, stride=1, act=True, zero_bn=False):
 class Bottleneck(nn.Module):
     "ResNet V1.5 bottleneck whose spatial layer is a 3x3 conv or, with `attention`, a SASA layer."
     expansion = 4
-    def __init__(self, in_channels, width, stride=1, attention=False, kernel_size=7, num_heads=8, inference=False, masked=False):
+    def __init__(self, in_channels, width, stride=1, attention=False, kernel_size=7, num_heads=8, inference=False,
+                 masked=False):
         super().__init__()
         out_channels = width * self.expansion
         spatial = (SASA2d(width, width, kernel_size, stride, num_heads, inference, masked) if attention
@@ -112,7 +114,8 @@ class ResNet(nn.Sequential):
 @patch
 def config(self:ResNet) -> dict:
     "The constructor arguments that rebuild this network (plain data: what a weights file stores)."
-    return dict(layers=list(self.layers), attention=list(self.attention), stem='attention' if isinstance(self.stem, SASAStem) else 'conv',
+    stem = 'attention' if isinstance(self.stem, SASAStem) else 'conv'
+    return dict(layers=list(self.layers), attention=list(self.attention), stem=stem,
                 kernel_size=self.kernel_size, num_heads=self.num_heads, n_out=self.n_out, n_in=self.n_in,
                 masked=self.masked, widths=list(self.widths))
 

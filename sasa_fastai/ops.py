@@ -101,7 +101,8 @@ def _setup_context(ctx, inputs, output):
 def _grad(ctx, dout, dlse, dweights):
     x, w_qkv, rel_h, rel_w, out, lse = ctx.saved_tensors
     if dout is None: return None, None, None, None, None, None, None
-    dx, dw_qkv, drel_h, drel_w = sasa_bwd(dout.contiguous(memory_format=memory_format(out)), x, w_qkv, rel_h, rel_w, out, lse,
+    dout = dout.contiguous(memory_format=memory_format(out))
+    dx, dw_qkv, drel_h, drel_w = sasa_bwd(dout, x, w_qkv, rel_h, rel_w, out, lse,
                               ctx.masked, ctx.backend)
     return dx, dw_qkv, drel_h, drel_w, None, None, None
 

@@ -150,6 +150,9 @@ class AttentionMaps:
     @property
     def names(self): return [l.name for l in self.layers]
     def __len__(self): return len(self.layers)
+    def __repr__(self):
+        return (f'AttentionMaps({self.size[0]}x{self.size[1]} input, query {self.query}, {len(self)} attention layers'
+                + (f', predicted {self.pred!r}' if self.pred is not None else '') + ')')
     def __iter__(self): return iter(self.layers)
     def __getitem__(self, i):
         if isinstance(i, str):

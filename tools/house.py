@@ -66,7 +66,8 @@ def main():
     longest = max(rows, key=lambda r: r['lines'])
     n_follow = sum(r['followed'] for r in rows)
     over = [r for r in rows if a.max_lines and r['lines'] > a.max_lines]
-    print(f'export cells: {len(rows)}; followed at once by an example or test: {n_follow} ({n_follow / len(rows):.0%}); '
+    print(f'export cells: {len(rows)}; followed at once by an example or test: {n_follow} '
+          f'({n_follow / len(rows):.0%}); '
           f'longest: {longest["lines"]} lines ({longest["nb"]})')
     print('longest per notebook: ' + ', '.join(f'{nb.split("_")[0]}={max(r["lines"] for r in rows if r["nb"] == nb)}'
                                                 for nb in dict.fromkeys(r['nb'] for r in rows)))
