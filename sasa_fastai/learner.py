@@ -17,7 +17,7 @@ from fastai.callback.schedule import fit_one_cycle  # patches Learner.fit_one_cy
 from fastai.callback.fp16 import to_fp16, to_bf16  # patches Learner.to_fp16/to_bf16
 from fastai.losses import LabelSmoothingCrossEntropy
 from fastai.metrics import accuracy, top_k_accuracy
-from fastai.torch_core import set_seed
+from fastai.torch_core import set_seed, default_device
 from .checks import (MIN_SIZE, check_batches, check_choice, check_number, check_positive, check_seed,
                                 check_size, writable_folder)
 from .models import ARCHS
@@ -26,7 +26,7 @@ from .distributed import dist_env, distrib_training
 from .checkpoint import (TrainingCheckpoint, atomic_write, save_weights, save_pretrained, load_checkpoint,
                                     restore_checkpoint)
 from .visualize import attention_maps  # patches Learner.attention_maps
-from .memory import check_memory  # (and patches Learner.memory_estimate)
+from .memory import check_memory, estimate_memory  # (and patches Learner.memory_estimate)
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'get_learner', 'PlainTableLogger', 'StopOnInterrupt', 'TrainingInterrupted',
@@ -47,6 +47,11 @@ def _check_model(make, sasa, size):
     with torch.device('meta'): model = make(n_out=2, n_in=3, **sasa)
     min_size = getattr(model, 'min_size', MIN_SIZE)
     check_size(size, min_size, f'{getattr(make, "__name__", "the model")} downsamples {min_size}x')
+
+def _check_memory(make, sasa, size, bs):
+    "Refuse `size` and `bs` if a training step would not fit (the estimate of `12a_memory`, on a meta model)."
+    with torch.device('meta'): model = make(n_out=2, n_in=3, **sasa)
+    check_memory(estimate_memory(model, size, bs, default_device(), getattr(make, '__name__', None)))
 
 # %% ../nbs/13_learner.ipynb #d239c7d7
 def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder (either layout), or `DataLoaders`
@@ -71,6 +76,8 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
     sasa = dict(attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
     sasa = {k: v for k, v in sasa.items() if v is not None} | ({'inference': True} if inference else {})
     _check_model(make, sasa, size if isinstance(size, int) else None)  # before any data is read
+    early = memory_check and isinstance(size, int) and not isinstance(data, DataLoaders)
+    if early: _check_memory(make, sasa, size, bs)  # before fastai's DataLoaders push a first image through
     dls = data if isinstance(data, DataLoaders) else get_dls(data, size=size, bs=bs, path=path, valid_pct=valid_pct)
     check_batches(dls.train, dls.bs)
     n_out = len(dls.vocab)
@@ -80,7 +87,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
     if mixed_precision and torch.device(dls.device or 'cpu').type == 'cuda':
         learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     learn.arch_name = getattr(make, '__name__', type(model).__name__)
-    if memory_check and (est := learn.memory_estimate()) is not None: check_memory(est)  # before any batch
+    if memory_check and not early and (est := learn.memory_estimate()) is not None: check_memory(est)
     return learn
 
 # %% ../nbs/13_learner.ipynb #48f50fe8

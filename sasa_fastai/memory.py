@@ -69,7 +69,11 @@ def available_memory(device='cpu' # 'cpu', or a CUDA device
     return min(known) if known else None
 
 # %% ../nbs/12a_memory.ipynb #240857b3
-def gb(n): return f'{n / 1e9:.3g} GB' if n >= 1e8 else f'{n / 1e6:.3g} MB'
+def gb(n):
+    "Bytes for a reader: '166 MB', '1.04 GB', '171,000 TB'."
+    if n < 1e9: return f'{n / 1e6:.3g} MB'
+    if n < 1e12: return f'{n / 1e9:.3g} GB'
+    return f'{float(f"{n / 1e12:.3g}"):,.0f} TB' if n >= 1e15 else f'{n / 1e12:.3g} TB'
 
 @dataclass
 class MemoryEstimate:
