@@ -252,7 +252,7 @@ _CHECKPOINT = 'a sasa_fastai training checkpoint (written by sasa_train)'
 def load_checkpoint(path # a file written by `TrainingCheckpoint`
                    ) -> dict:
     "Read a checkpoint (plain data only, `weights_only=True`); a `ValueError` naming the file if it is damaged."
-    st = read_plain(path, _CHECKPOINT, f'delete it to start the run over, or resume from a copy of an intact one')
+    st = read_plain(path, _CHECKPOINT, 'delete it to start the run over, or resume from a copy of an intact one')
     if not (isinstance(st, dict) and {'epoch', 'model', 'opt', 'rng', 'history'} <= set(st)):
         raise ValueError(f'{path} is not {_CHECKPOINT}')
     st['rng']['python'] = _tuplify(st['rng']['python'])

@@ -5,7 +5,6 @@
 # %% ../nbs/02a_interpreter.ipynb #36f81eac
 from __future__ import annotations
 import torch
-import triton
 import triton.language as tl
 
 # %% auto #0

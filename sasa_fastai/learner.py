@@ -42,16 +42,13 @@ def arch_fn(arch # a name from `ARCHS`, or a model constructor
     if callable(arch): return arch
     return ARCHS[check_choice('arch', arch, ARCHS, ' or a model constructor')]
 
-def _check_model(make, sasa, size):
-    "Build the model on the meta device (no memory, no data needed): its own checks run, and `size` is compared."
+def _check_model(make, sasa, size, bs=None, memory=False):
+    ("Build the model on the meta device (no memory, no data needed): its own checks run, `size` is compared, and "
+     "with `memory` a training step at `size` and `bs` that would not fit is refused (`12a_memory`).")
     with torch.device('meta'): model = make(n_out=2, n_in=3, **sasa)
-    min_size = getattr(model, 'min_size', MIN_SIZE)
-    check_size(size, min_size, f'{getattr(make, "__name__", "the model")} downsamples {min_size}x')
-
-def _check_memory(make, sasa, size, bs):
-    "Refuse `size` and `bs` if a training step would not fit (the estimate of `12a_memory`, on a meta model)."
-    with torch.device('meta'): model = make(n_out=2, n_in=3, **sasa)
-    check_memory(estimate_memory(model, size, bs, default_device(), getattr(make, '__name__', None)))
+    min_size, name = getattr(model, 'min_size', MIN_SIZE), getattr(make, '__name__', None)
+    check_size(size, min_size, f'{name or "the model"} downsamples {min_size}x')
+    if memory and size is not None: check_memory(estimate_memory(model, size, bs, default_device(), name))
 
 # %% ../nbs/13_learner.ipynb #d239c7d7
 def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder (either layout), or `DataLoaders`
@@ -75,9 +72,9 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
     check_number('lr', lr, lambda o: o > 0, f'a positive finite number (e.g. {DEFAULT_LR})')
     sasa = dict(attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
     sasa = {k: v for k, v in sasa.items() if v is not None} | ({'inference': True} if inference else {})
-    _check_model(make, sasa, size if isinstance(size, int) else None)  # before any data is read
     early = memory_check and isinstance(size, int) and not isinstance(data, DataLoaders)
-    if early: _check_memory(make, sasa, size, bs)  # before fastai's DataLoaders push a first image through
+    # before any data is read, and before fastai's DataLoaders push a first image through their transforms
+    _check_model(make, sasa, size if isinstance(size, int) else None, bs, early)
     dls = data if isinstance(data, DataLoaders) else get_dls(data, size=size, bs=bs, path=path, valid_pct=valid_pct)
     check_batches(dls.train, dls.bs)
     n_out = len(dls.vocab)

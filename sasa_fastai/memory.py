@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_memory.ipynb #397d1993
 from __future__ import annotations
-import copy, math, os
+import copy, math
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -28,10 +28,10 @@ def meta_copy(model # a model (a `ResNet` is rebuilt from its `config()`, anythi
 def activation_bytes(model, # the model (not changed: a meta copy runs)
                      size, # `(H, W)` of the input
                      bs, # batch size
-                     n_in=3 # input channels
+                     n_in=None # input channels (default: the model's `n_in`, else 3)
                     ) -> int:
     "Bytes of the tensors one training forward of `model` keeps for backward, counted on the meta device."
-    m = meta_copy(model).train()
+    m, n_in = meta_copy(model).train(), n_in or getattr(model, 'n_in', 3)
     weights, kept = {id(p) for p in m.parameters()}, {}
     def pack(t):
         base = t if t._base is None else t._base  # a view (of a weight, or of an activation) is its base's memory
@@ -153,7 +153,10 @@ def check_image_memory(fn, # an image file
                       ) -> int:
     "The bytes reading `fn` takes (from its header); `invalid('image', ...)` if that is more than is available."
     from PIL import Image
-    with Image.open(fn) as im: w, h = im.size
+    try:
+        with Image.open(fn) as im: w, h = im.size
+    except Image.DecompressionBombError as e:  # (PIL's own limit, from the header: not an OSError)
+        raise invalid('image', str(fn), f'an image PIL agrees to decode: {e}') from None
     need, free = w * h * 4 * copies, available_memory()
     if free is not None and need > free:
         raise invalid('image', str(fn), f'an image that fits in memory: {w}x{h} pixels take about {gb(need)} to '
