@@ -11,22 +11,30 @@ __all__ = ['project', 'project_backward', 'split_heads', 'memory_format', 'rel_l
            'reference_logits', 'reference_backend', 'shift_backend']
 
 # %% ../nbs/01_core.ipynb #a782ffa9
+def _pixels(t): return t.transpose(0, 1).reshape(t.shape[1], -1)  # `[B, C, H, W]` -> `[C, B*H*W]` (a copy)
+def _images(t, like): return t.view(-1, like.shape[0], *like.shape[2:]).transpose(0, 1).contiguous()  # and back
+
 def project(x, # input `[B, ni, H, W]`
             w_qkv # the dense 1x1 projection `[3 nf, ni]`
            ):
     "Queries, keys and values of every pixel in one 1x1 convolution: `qkv`, `[B, 3 nf, H, W]` (x's memory format)."
-    if x.device.type == 'cpu' and x.is_contiguous():  # NCHW on the CPU: one batched matrix product, several times
-        return torch.bmm(w_qkv.expand(x.shape[0], -1, -1), x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])  # faster
+    if x.device.type == 'cpu' and x.is_contiguous():  # NCHW on the CPU: matrix products, several times faster
+        B, C, H, W = x.shape
+        if H * W >= C: return torch.bmm(w_qkv.expand(B, -1, -1), x.flatten(2)).view(B, -1, H, W)  # one per image
+        return _images(torch.mm(w_qkv, _pixels(x)), x)  # small maps: one over all pixels (the weight read once)
     return F.conv2d(x, w_qkv[:, :, None, None])
 
 def project_backward(x, w_qkv, dqkv):
     "Gradients of `project` for the input and the weight, from the gradient `dqkv` of its output."
-    if x.is_contiguous() and dqkv.is_contiguous():  # NCHW: batched matrix products, no copies (fastest on the CPU)
+    if x.is_contiguous() and dqkv.is_contiguous():  # NCHW: matrix products (fastest on the CPU)
         d, (B, C, H, W) = dqkv.flatten(2), x.shape
-        dx = torch.bmm(w_qkv.t().expand(B, -1, -1), d).view_as(x)
-        if H * W >= C: return dx, torch.bmm(d, x.flatten(2).transpose(1, 2)).sum(0)
-        # small maps: the per-image products [B, 3C, C] would outweigh the data; one product over all pixels instead
-        return dx, torch.mm(dqkv.transpose(0, 1).reshape(dqkv.shape[1], -1), x.transpose(0, 1).reshape(C, -1).t())
+        if H * W >= C:  # per image, no copies
+            dx = torch.bmm(w_qkv.t().expand(B, -1, -1), d).view_as(x)
+            return dx, torch.bmm(d, x.flatten(2).transpose(1, 2)).sum(0)
+        # small maps: per-image products would read the weight B times and make [B, 3C, C] partial sums that outweigh
+        # the data; one product over all pixels instead
+        dp = _pixels(dqkv)
+        return _images(torch.mm(w_qkv.t(), dp), x), torch.mm(dp, _pixels(x).t())
     return F.conv2d(dqkv, w_qkv.t()[:, :, None, None]), torch.einsum('bohw,bihw->oi', dqkv, x)  # e.g. channels-last
 
 def split_heads(qkv, # `[B, 3C, H, W]`, the output of `project`

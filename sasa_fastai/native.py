@@ -4,12 +4,13 @@
 
 # %% ../nbs/02_native.ipynb #c1b41383
 from __future__ import annotations
-import ctypes, hashlib, importlib.resources, os, platform, subprocess, tempfile, warnings
+import ctypes, hashlib, importlib.resources, os, platform, subprocess, sys, tempfile, warnings
 from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['FLAGS', 'PHASES', 'source_file', 'kernels_dir', 'native_library', 'native_forward', 'native_backward', 'fma_peak']
+__all__ = ['FLAGS', 'X86_LEVELS', 'PHASES', 'source_file', 'kernels_dir', 'build_target', 'cpu_flags', 'x86_levels',
+           'check_target', 'native_library', 'build_info', 'native_forward', 'native_backward', 'fma_peak']
 
 # %% ../nbs/02_native.ipynb #5e59352b
 def source_file() -> Path:
@@ -17,47 +18,95 @@ def source_file() -> Path:
     return Path(str(importlib.resources.files('sasa_fastai') / 'csrc' / 'sasa_cpu.cpp'))
 
 # %% ../nbs/02_native.ipynb #e61bc150
-FLAGS = ['-O3', '-march=native', '-fno-trapping-math', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC', '-std=c++17']
+FLAGS = ['-O3', '-fno-trapping-math', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC', '-std=c++17', '-Wno-psabi']
 _library = None  # the loaded library; False once building it has failed
 
 def kernels_dir() -> Path:
     "Where compiled kernels are kept: `$SASA_FASTAI_KERNELS`, else `~/.cache/sasa_fastai/kernels`."
     return Path(os.environ.get('SASA_FASTAI_KERNELS') or '~/.cache/sasa_fastai/kernels').expanduser()
 
+def build_target() -> str:
+    "What the kernel is compiled for (`-march=`): `$SASA_FASTAI_MARCH`, else `native` (this machine's instruction set)."
+    return os.environ.get('SASA_FASTAI_MARCH', '').strip() or 'native'
+
 def _cpu_tag():
-    "Something that changes when the CPU's instruction set does (the build uses -march=native)."
+    "Something that changes when the CPU's instruction set does (the default build uses -march=native)."
     try: flags = next(l for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith(('flags', 'Features')))
     except (OSError, StopIteration): flags = platform.processor()
     return platform.machine() + flags
 
-def _build(so, verbose):
+# %% ../nbs/02_native.ipynb #0fd8b2f7
+X86_LEVELS = {  # what each x86-64 level adds, as /proc/cpuinfo names the flags (each level includes the ones before)
+    'x86-64-v2': ('ssse3', 'sse4_1', 'sse4_2', 'popcnt'),
+    'x86-64-v3': ('avx', 'avx2', 'fma', 'bmi1', 'bmi2', 'f16c', 'movbe'),
+    'x86-64-v4': ('avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 'avx512vl')}
+
+def cpu_flags() -> set:
+    "The instruction-set flags of this CPU (`/proc/cpuinfo`; empty where it cannot be read)."
+    try: line = next(l for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith(('flags', 'Features')))
+    except (OSError, StopIteration): return set()
+    return set(line.split(':', 1)[1].split())
+
+def x86_levels(flags=None # default: `cpu_flags()`
+              ) -> list: # the levels of `X86_LEVELS` this CPU runs, lowest first
+    "The x86-64 levels whose instructions this CPU has (none on other CPUs)."
+    flags, have = cpu_flags() if flags is None else flags, []
+    for level, need in X86_LEVELS.items():
+        if not set(need) <= flags: break
+        have.append(level)
+    return have
+
+def check_target(target, # a `-march` value, e.g. `build_target()`
+                 flags=None): # default: `cpu_flags()`
+    "Refuse an x86-64 level this CPU cannot run (its code would kill the process with an illegal instruction)."
+    flags = cpu_flags() if flags is None else flags
+    if target not in X86_LEVELS or not flags: return target  # other targets: the compiler and the user know best
+    missing = [f for level, need in X86_LEVELS.items() for f in need if f not in flags
+               and list(X86_LEVELS).index(level) <= list(X86_LEVELS).index(target)]
+    if missing:
+        ok = x86_levels(flags)
+        raise RuntimeError(f"SASA_FASTAI_MARCH={target} builds for instructions this CPU lacks ({' '.join(missing)}): "
+                           f"unset it to build for this machine{', or use ' + ok[-1] if ok else ''}")
+    return target
+
+# %% ../nbs/02_native.ipynb #b7d1e0a2
+def _build(so, target, verbose):
     so.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=so.parent) as tmp:
         out = Path(tmp) / so.name
-        cmd = [os.environ.get('CXX', 'c++'), *FLAGS, str(source_file()), '-o', str(out)]
+        cmd = [os.environ.get('CXX', 'c++'), *FLAGS, f'-march={target}', str(source_file()), '-o', str(out)]
         subprocess.run(cmd, check=True, capture_output=not verbose)
         os.replace(out, so)  # atomic: parallel processes never load a half-written file
 
 # %% ../nbs/02_native.ipynb #d6b217d6
 def native_library(verbose=False # show the compiler's output
                   ):
-    "The compiled kernel (built on first use, once per machine and source version), or `None` if it cannot be built."
+    "The compiled kernel (built on first use, once per machine, target and source version), or `None` if it cannot be."
     global _library
     if _library is not None: return _library or None
-    key = hashlib.sha256((source_file().read_text() + ' '.join(FLAGS) + _cpu_tag()).encode()).hexdigest()[:16]
-    so = kernels_dir() / f'sasa_cpu_{key}.so'
     try:
-        if not so.exists(): _build(so, verbose)
+        target = check_target(build_target())
+        key = hashlib.sha256((source_file().read_text() + ' '.join(FLAGS) + target + _cpu_tag()).encode())
+        so = kernels_dir() / f'sasa_cpu_{key.hexdigest()[:16]}.so'
+        if not so.exists(): _build(so, target, verbose)
         lib = ctypes.CDLL(str(so))
         for fn in ('sasa_forward_f32', 'sasa_forward_f64', 'sasa_backward_f32', 'sasa_backward_f64'):
             getattr(lib, fn).restype = None
         lib.sasa_fma_peak.restype = ctypes.c_double
+        lib.sasa_isa.restype = ctypes.c_char_p
         _library = lib
     except Exception as e:
         warnings.warn(f'sasa_fastai: could not build the CPU kernel ({e!r}); SASA layers use the slower pure-PyTorch '
                       "'shift' backend. Install a C++ compiler with OpenMP (e.g. g++) for full CPU speed.")
         _library = False
     return _library or None
+
+# %% ../nbs/02_native.ipynb #c4e2f9b1
+def build_info() -> dict:
+    "What the loaded kernel was compiled for: the `-march` target and the vector instructions it uses."
+    lib = native_library()
+    if lib is None: return dict(target=build_target(), isa=None, vector_bytes=None)
+    return dict(target=build_target(), isa=lib.sasa_isa().decode(), vector_bytes=lib.sasa_vector_bytes())
 
 # %% ../nbs/02_native.ipynb #4b1c9a55
 def _ptrs(*ts): return [ctypes.c_void_p(0 if t is None else t.data_ptr()) for t in ts]
@@ -119,7 +168,9 @@ def native_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout, profil
 
 # %% ../nbs/02_native.ipynb #d593a0c9
 def fma_peak(threads=None, # threads (default: torch's)
-             iters=20_000_000 # loop trips per thread (each 128 multiply-adds)
+             iters=20_000_000, # loop trips per thread (each a dozen or more vector multiply-adds)
+             tries=3 # the best of this many runs (a run that shares the CPU with something else reads low)
             ) -> float: # multiply-adds per second
     "Float32 multiply-adds per second this CPU reaches with `threads` threads (fused multiply-adds in registers)."
-    return native_library().sasa_fma_peak(ctypes.c_int(threads or torch.get_num_threads()), ctypes.c_long(iters))
+    run = lambda: native_library().sasa_fma_peak(ctypes.c_int(threads or torch.get_num_threads()), ctypes.c_long(iters))
+    return max(run() for _ in range(tries))

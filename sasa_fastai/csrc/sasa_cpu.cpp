@@ -84,7 +84,23 @@ static void add_profile(double* prof, const double* mine, int n) {
 constexpr int PHASES_FWD = 4;  // set-up (padded planes, relative logits), logits, softmax, weighted sum of values
 constexpr int PHASES_BWD = 5;  // set-up, logits (recomputed), d logits (dout.v, softmax), dq and the tables, key pass
 
-constexpr int JB = 16;  // pixels per register block: every inner loop below has this fixed trip count
+// The vector width the compiler targets (`-march=`, see native.py): one register holds 16 floats with AVX-512, 8 with
+// AVX/AVX2, 4 with SSE (x86-64's baseline) and NEON (AArch64). A register block of pixels is exactly one register:
+// blocks wider than the hardware's vectors are split by the compiler, and on AVX2 that split code ran 2x slower.
+#if defined(__AVX512F__)
+constexpr int VEC_BYTES = 64;
+#elif defined(__AVX__)
+constexpr int VEC_BYTES = 32;
+#else
+constexpr int VEC_BYTES = 16;
+#endif
+// Vector registers the target has: 32 with AVX-512 and on AArch64, 16 on other x86.
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int VEC_REGS = 32;
+#else
+constexpr int VEC_REGS = 16;
+#endif
+constexpr int JB = VEC_BYTES / sizeof(float);  // pixels per register block: every inner loop below has this trip count
 
 template <typename T> struct Problem {
   const T *q, *k, *v, *rel_h, *rel_w;
@@ -141,7 +157,7 @@ template <typename T> struct HeadPlanes {
 // Each thread's scratch lives on after a call (OpenMP keeps its threads), so later calls reuse its pages: fresh
 // pages would cost a page fault per 4 KiB, which at these sizes weighs as much as a window loop.
 template <typename T> struct Scratch {
-  std::vector<T> lo, m, s, dsm, Pk, Gk, gr, Ps, Gs;
+  std::vector<T> lo, dsm, lsr, gr, Ps, Gs, zero;
   HeadPlanes<T> hp;
   Padded<T> Go;
 };
@@ -153,13 +169,10 @@ template <typename T> static inline void store(T* dst, const T* acc, int nj) {
 
 // Register blocks. The window loops are bound by loads, not by multiply-adds: one product of two streamed operands
 // costs two loads. Each loop below keeps one operand in a register and reuses it across a block of accumulators:
-// RB window offsets of one row (the logits and d logits) or DB channels (the weighted sums), JB pixels each. The blocks
-// fill the register file (8 blocks of 16 floats are 8 AVX-512 registers; with 256-bit vectors they are halved).
-#if defined(__AVX512F__)
+// RB window offsets of one row (the logits and d logits) or DB channels (the weighted sums), JB pixels each. Each
+// block is one float register, so RB = 8 accumulators, the reused operand and a streamed one take 10 registers: they
+// fit the 16 of AVX2 and SSE as well as the 32 of AVX-512 and NEON, and a window row of k <= 8 is one block.
 constexpr int RB = 8;
-#else
-constexpr int RB = 4;
-#endif
 constexpr int DB = RB;
 
 // JB lanes as one value (GCC/Clang vector extension: one AVX-512 register for float, two AVX2 ones), so that the
@@ -168,6 +181,28 @@ template <typename T> struct Lanes { typedef T V __attribute__((vector_size(JB *
 template <typename T> using V = typename Lanes<T>::V;
 template <typename T> static inline V<T> vload(const T* p) { V<T> v; std::memcpy(&v, p, sizeof v); return v; }
 template <typename T> static inline void vstore(T* p, V<T> v) { std::memcpy(p, &v, sizeof v); }
+template <typename VT> static inline VT vmax(VT a, VT b) { return a > b ? a : b; }
+// exp_ of every lane: the float version in vector instructions (the same Cephes polynomial and the same rounding as the
+// scalar exp_, so a lane and the scalar agree bit for bit); float64, which only the tests use, lane by lane.
+static inline V<double> vexp(V<double> x) {
+  V<double> r;
+  for (int j = 0; j < JB; ++j) r[j] = exp_(x[j]);
+  return r;
+}
+static inline V<float> vexp(V<float> x) {
+  typedef int32_t VI __attribute__((vector_size(sizeof(V<float>))));
+  const V<float> lo = V<float>{} - 87.0f;
+  const V<float> y = x > lo ? x : lo;
+  const V<float> n = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const V<float> r = y - n * 0.693359375f + n * 2.12194440e-4f;
+  V<float> p = V<float>{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  const V<float> e = p * (V<float>)bits;
+  return x < lo ? V<float>{} : e;
+}
 
 // acc[r][jj] += sum_d x[d*xs + jj] * y[d*ys + r + jj], r < R: the dot products over D channels of JB pixels with R
 // neighbouring window offsets along a row (y is the padded key or value row, offset b0 at y[0]).
@@ -190,21 +225,19 @@ static inline void dots(int R, const T* x, long xs, const T* y, long ys, int D, 
     case 2: return dots_fixed<T, 2>(x, xs, y, ys, D, acc);
     case 3: return dots_fixed<T, 3>(x, xs, y, ys, D, acc);
     case 4: return dots_fixed<T, 4>(x, xs, y, ys, D, acc);
-#if defined(__AVX512F__)
     case 5: return dots_fixed<T, 5>(x, xs, y, ys, D, acc);
     case 6: return dots_fixed<T, 6>(x, xs, y, ys, D, acc);
     case 7: return dots_fixed<T, 7>(x, xs, y, ys, D, acc);
     case 8: return dots_fixed<T, 8>(x, xs, y, ys, D, acc);
-#endif
   }
 }
 
-// Logits of query row i of one head for every window offset o = a*K + b, into lo[o*Wr + j]. Shared by the forward
-// and the query-side backward, so both see identical numbers.
+// Logits of query row i of one head for every window offset o = a*K + b, into lo[o*Wr + j] (whole register blocks:
+// j < P.Wr()). Shared by the forward and the query-side backward, so both see identical numbers.
 template <typename T>
 static void row_logits(const Problem<T>& P, const Padded<T>& Q, const Padded<T>& Kp, const Padded<T>& RH,
-                       const Padded<T>& RW, int i, T* lo) {
-  const int K = P.K, W = P.W, D = P.D, Wp = P.Wp(), h = P.h(), Wr = P.Wr();
+                       const Padded<T>& RW, int i, T* lo, long Wr) {
+  const int K = P.K, W = P.W, D = P.D, Wp = P.Wp(), h = P.h();
   const long qrow = (long)(i + h) * Wp + h;
   for (int a = 0; a < K; ++a) {
     const long krow = (long)(i + a) * Wp;
@@ -239,14 +272,14 @@ static void row_logits(const Problem<T>& P, const Padded<T>& Q, const Padded<T>&
   }
 }
 
-// out[c][jj] = sum_o A[o*Wr + jj] * x[c*xs + off[o] + jj], c < C: the weighted sum over the window for C channels of
-// JB pixels at once (the weights of each offset loaded once for all C).
+// out[c][jj] = sum_o A[o][j0 + jj] * x[c*xs + off[o] + jj], c < C: the weighted sum over the window for C channels
+// of JB pixels at once (the weights of each offset loaded once for all C).
 template <typename T, int C>
-static inline void wsum_fixed(const T* __restrict A, long Wr, const T* __restrict x, long xs, const long* off, int KK,
+static inline void wsum_fixed(const T* const* A, int j0, const T* __restrict x, long xs, const long* off, int KK,
                               T* out, long os, int nj) {
   V<T> acc[C] = {};
   for (int o = 0; o < KK; ++o) {
-    const V<T> av = vload(A + (long)o * Wr);
+    const V<T> av = vload(A[o] + j0);
     const T* xo = x + off[o];
     for (int c = 0; c < C; ++c) acc[c] += av * vload(xo + c * xs);
   }
@@ -258,26 +291,26 @@ static inline void wsum_fixed(const T* __restrict A, long Wr, const T* __restric
 }
 
 // out[d][i][j] = sum_o A[o][j] * X[d] at the window position o of pixel (i, j): the weighted sum over the window.
-// `base` is the padded index of offset 0 for pixel (i, 0), off[o] the offsets' padded displacements.
+// `base` is the padded index of offset 0 for pixel (i, 0), off[o] the offsets' padded displacements, A[o] the row of
+// weights of offset o (readable for whole register blocks).
 template <typename T>
-static void window_sum(const Problem<T>& P, const T* A, const Padded<T>& X, long base, const long* off, T* out) {
-  const int KK = P.K * P.K, W = P.W, D = P.D, Wr = P.Wr();
+static void window_sum(const Problem<T>& P, const T* const* A, const Padded<T>& X, long base, const long* off,
+                       T* out) {
+  const int KK = P.K * P.K, W = P.W, D = P.D;
   const long HW = P.HW();
   for (int j0 = 0; j0 < W; j0 += JB) {
     const int nj = std::min(JB, W - j0);
     for (int d0 = 0; d0 < D; d0 += DB) {
-      const T* x = X.at(d0, base + j0); const T* a = A + j0; T* o = out + d0 * HW + j0;
+      const T* x = X.at(d0, base + j0); T* o = out + d0 * HW + j0;
       switch (std::min(DB, D - d0)) {
-        case 1: wsum_fixed<T, 1>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-        case 2: wsum_fixed<T, 2>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-        case 3: wsum_fixed<T, 3>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-        case 4: wsum_fixed<T, 4>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-#if defined(__AVX512F__)
-        case 5: wsum_fixed<T, 5>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-        case 6: wsum_fixed<T, 6>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-        case 7: wsum_fixed<T, 7>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-        case 8: wsum_fixed<T, 8>(a, Wr, x, X.HWp, off, KK, o, HW, nj); break;
-#endif
+        case 1: wsum_fixed<T, 1>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
+        case 2: wsum_fixed<T, 2>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
+        case 3: wsum_fixed<T, 3>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
+        case 4: wsum_fixed<T, 4>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
+        case 5: wsum_fixed<T, 5>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
+        case 6: wsum_fixed<T, 6>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
+        case 7: wsum_fixed<T, 7>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
+        case 8: wsum_fixed<T, 8>(A, j0, x, X.HWp, off, KK, o, HW, nj); break;
       }
     }
   }
@@ -302,8 +335,10 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
   {
     FlushDenormals ftz;
     Scratch<T>& S = scratch<T>();
-    std::vector<T> &lo = S.lo, &m = S.m, &s = S.s;
-    lo.assign((long)KK * Wr, T(0)); m.assign(Wr, T(0)); s.assign(Wr, T(0));
+    std::vector<T>& lo = S.lo;
+    lo.assign((long)KK * Wr, T(0));
+    std::vector<const T*> rows(KK);  // the weights' row of each offset
+    for (int o = 0; o < KK; ++o) rows[o] = lo.data() + (long)o * Wr;
     HeadPlanes<T>& hp = S.hp;
     double mine[PHASES_FWD] = {};
     Timer tm(prof ? mine : nullptr);
@@ -314,27 +349,30 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
       hp.load(P, b, n);
       tm.lap(0);
       for (int i = 0; i < P.H; ++i) {
-        row_logits(P, hp.Q, hp.Kp, hp.RH, hp.RW, i, lo.data());
+        row_logits(P, hp.Q, hp.Kp, hp.RH, hp.RW, i, lo.data(), Wr);
         tm.lap(1);
-        std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
-        std::fill(s.begin(), s.end(), T(0));
-        for (int o = 0; o < KK; ++o) {
-          const T* L = &lo[(long)o * Wr];
-          for (int j = 0; j < W; ++j) m[j] = std::max(m[j], L[j]);
-        }
-        for (int o = 0; o < KK; ++o) {
-          T* __restrict L = &lo[(long)o * Wr];
-          for (int j = 0; j < W; ++j) { L[j] = exp_(L[j] - m[j]); s[j] += L[j]; }
-        }
         T* ls = lse + hd * HW + (long)i * W;
-        for (int j = 0; j < W; ++j) { ls[j] = m[j] + log_(s[j]); s[j] = T(1) / s[j]; }
-        for (int o = 0; o < KK; ++o) {
-          T* __restrict L = &lo[(long)o * Wr];
-          for (int j = 0; j < W; ++j) L[j] *= s[j];  // now the attention weights
-          if (wts) std::memcpy(wts + (hd * KK + o) * HW + (long)i * W, L, sizeof(T) * W);
+        for (int j0 = 0; j0 < W; j0 += JB) {  // the softmax over the window, JB pixels in registers
+          const int nj = std::min(JB, W - j0);
+          T* L = lo.data() + j0;
+          V<T> mx = vload(L);
+          for (int o = 1; o < KK; ++o) mx = vmax(mx, vload(L + (long)o * Wr));
+          V<T> sum = {};
+          for (int o = 0; o < KK; ++o) {
+            const V<T> e = vexp(vload(L + (long)o * Wr) - mx);
+            vstore(L + (long)o * Wr, e); sum += e;
+          }
+          T ml[JB], sl[JB];
+          vstore(ml, mx); vstore(sl, sum);
+          for (int jj = 0; jj < nj; ++jj) ls[j0 + jj] = ml[jj] + log_(sl[jj]);
+          const V<T> inv = T(1) / sum;
+          for (int o = 0; o < KK; ++o) {
+            vstore(L + (long)o * Wr, vload(L + (long)o * Wr) * inv);  // now the attention weights
+            if (wts) std::memcpy(wts + (hd * KK + o) * HW + (long)i * W + j0, L + (long)o * Wr, sizeof(T) * nj);
+          }
         }
         tm.lap(2);
-        window_sum(P, lo.data(), hp.Vp, (long)i * P.Wp(), off.data(), out + hd * D * HW + (long)i * W);
+        window_sum(P, rows.data(), hp.Vp, (long)i * P.Wp(), off.data(), out + hd * D * HW + (long)i * W);
         tm.lap(3);
       }
     }
@@ -344,29 +382,47 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
 
 // Backward, per (image, head). Query pass: recompute the weights p from the log-sum-exp, ds = p * (dout.v - dsum)
 // with dsum = dout.out, giving dq (through q.k and q.r) and the head's share of the relative tables' gradient
-// (drel: [B, N, 2, K, D/2], summed over images by the caller); p and ds are also filed under their key (one slot per
-// key and offset, so no two queries write the same place). Key pass: every key gathers from the k*k queries whose
+// (drel: [B, N, 2, K, D/2], summed over images by the caller). Key pass: every key gathers from the k*k queries whose
 // window holds it, dk = sum ds * q and dv = sum p * dout: the same window sum as the forward's, with reversed offsets.
-// No scatter-add, no races between threads.
+// Key row ii needs query rows ii - h .. ii + h, so it runs as soon as query row ii + h is done, and p and ds are kept
+// for the last K query rows only: a ring of K slots of K*K rows each (in cache), written in order, each row with h
+// zeros on both sides (the queries outside the image). No scatter, no scatter-add, no races between threads.
 template <typename T>
 static void backward(const Problem<T>& P, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv, long gbs,
                      T* drel, int nthreads, double* prof) {
   const int K = P.K, KK = K * K, W = P.W, D = P.D, D2 = D / 2, h = P.h(), Wp = P.Wp(), Wr = P.Wr();
-  const long HW = P.HW(), HWp = P.HWp();
+  const long HW = P.HW();
+  const long Wq = Wr + 2 * h, slot = KK * Wq;  // a ring row: h zeros, a query row in whole blocks, h zeros
   const std::vector<long> off = offsets(P, false), qoff = offsets(P, true);
 #pragma omp parallel num_threads(nthreads)
   {
     FlushDenormals ftz;
     Scratch<T>& S = scratch<T>();
-    std::vector<T> &lo = S.lo, &dsm = S.dsm, &Pk = S.Pk, &Gk = S.Gk, &gr = S.gr, &Ps = S.Ps, &Gs = S.Gs;
-    lo.assign((long)KK * Wr, T(0)); dsm.assign(Wr, T(0)); Pk.assign((long)KK * Wr, T(0));
-    Gk.assign((long)KK * Wr, T(0)); gr.assign(2 * K * Wr, T(0));
-    Ps.assign(KK * HWp + JB, T(0)); Gs.assign(KK * HWp + JB, T(0));  // p and ds by key: plane o, padded key position
+    std::vector<T> &dsm = S.dsm, &lsr = S.lsr, &gr = S.gr, &Ps = S.Ps, &Gs = S.Gs;
+    dsm.assign(Wr, T(0)); gr.assign(2 * K * Wr, T(0));
+    lsr.assign(Wr, std::numeric_limits<T>::infinity());  // the row's log-sum-exp, +inf past the row: p = 0 there
+    Ps.assign(K * slot + JB, T(0)); Gs.assign(K * slot + JB, T(0));  // p and ds of the last K query rows
+    S.zero.assign(Wq + JB, T(0));  // a ring row of zeros: the queries above and below the image
+    std::vector<const T*> rows(KK), prows(KK), grows(KK);
     HeadPlanes<T>& hp = S.hp;
     Padded<T>& Go = S.Go;
     const Padded<T> &Q = hp.Q, &Kp = hp.Kp, &Vp = hp.Vp, &RH = hp.RH, &RW = hp.RW;
     double mine[PHASES_BWD] = {};
     Timer tm(prof ? mine : nullptr);
+    auto key_row = [&](int ii, T* DK, T* DV) {  // dk and dv of key row ii from the ring
+      for (int a = 0; a < K; ++a) {
+        const int i = ii - a + h;  // the query row whose offset (a, b) reaches key row ii
+        for (int b = 0; b < K; ++b) {
+          const long col = 2 * h - b;  // key column jj is query column jj - b + h, at h + jj - b + h in a ring row
+          const int o = a * K + b;  // qoff[o]: where that query sits in Q and Go, seen from key row ii
+          if (i < 0 || i >= P.H) { prows[o] = grows[o] = S.zero.data() + col; continue; }
+          const long at = (long)(i % K) * slot + (long)(a * K + b) * Wq + col;
+          prows[o] = &Ps[at]; grows[o] = &Gs[at];
+        }
+      }
+      window_sum(P, grows.data(), Q, (long)ii * Wp, qoff.data(), DK + (long)ii * W);
+      window_sum(P, prows.data(), Go, (long)ii * Wp, qoff.data(), DV + (long)ii * W);
+    };
 #pragma omp for schedule(dynamic)
     for (long t = 0; t < (long)P.B * P.N; ++t) {
       const int b = t / P.N, n = t % P.N;
@@ -383,36 +439,37 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
       tm.lap(0);
       for (int i = 0; i < P.H; ++i) {
         const long row = (long)i * W, qrow = (long)(i + h) * Wp + h;
+        T* lo = &Gs[(long)(i % K) * slot + h];  // ds of this row, in its ring slot (first the logits)
+        T* pr = &Ps[(long)(i % K) * slot + h];  // p of this row
+        for (int o = 0; o < KK; ++o) rows[o] = lo + o * Wq;
         const T* ls = lse + hd * HW + row;
         std::fill(dsm.begin(), dsm.end(), T(0));
         for (int d = 0; d < D; ++d) for (int j = 0; j < W; ++j) dsm[j] += GO[d * HW + row + j] * O[d * HW + row + j];
-        row_logits(P, Q, Kp, RH, RW, i, lo.data());
+        row_logits(P, Q, Kp, RH, RW, i, lo, Wq);
         tm.lap(1);
-        for (int a = 0; a < K; ++a)  // lo <- d loss / d logit = p * (dout.v - dsum)
+        for (int j = 0; j < W; ++j) lsr[j] = ls[j];
+        for (int a = 0; a < K; ++a)  // lo <- d loss / d logit = p * (dout.v - dsum); lanes past the row get 0
           for (int j0 = 0; j0 < W; j0 += JB)
             for (int b0 = 0; b0 < K; b0 += RB) {
-              const int R = std::min(RB, K - b0), nj = std::min(JB, W - j0);
+              const int R = std::min(RB, K - b0);
               T dp[RB][JB] = {};
               dots(R, Go.at(0, qrow + j0), Go.HWp, Vp.at(0, (long)(i + a) * Wp + b0 + j0), Vp.HWp, D, dp);
+              const V<T> l = vload(&lsr[j0]), dsum = vload(&dsm[j0]);
               for (int r = 0; r < R; ++r) {
-                const int o = a * K + b0 + r;
-                T* L = &lo[(long)o * Wr];
-                T* ps = &Ps[o * HWp + (long)i * Wp + off[o] + j0]; T* gs = &Gs[o * HWp + (long)i * Wp + off[o] + j0];
-                for (int jj = 0; jj < nj; ++jj) {
-                  const T p = exp_(L[j0 + jj] - ls[j0 + jj]);
-                  ps[jj] = p; gs[jj] = L[j0 + jj] = p * (dp[r][jj] - dsm[j0 + jj]);
-                }
+                const long at = (long)(a * K + b0 + r) * Wq + j0;
+                const V<T> p = vexp(vload(lo + at) - l);
+                vstore(pr + at, p); vstore(lo + at, p * (vload(dp[r]) - dsum));
               }
             }
         tm.lap(2);
         for (int o = 0; o < 2 * K; ++o) std::fill(&gr[(long)o * Wr], &gr[(long)o * Wr] + W, T(0));
         for (int a = 0; a < K; ++a)  // d loss / d rh[a] and / d rw[b]: sums of ds over the window's rows and columns
           for (int bb = 0; bb < K; ++bb) {
-            const T* L = &lo[(long)(a * K + bb) * Wr];
+            const T* L = lo + (long)(a * K + bb) * Wq;
             T* __restrict gh = &gr[(long)a * Wr]; T* __restrict gw = &gr[(long)(K + bb) * Wr];
             for (int j = 0; j < W; ++j) { gh[j] += L[j]; gw[j] += L[j]; }
           }
-        window_sum(P, lo.data(), Kp, (long)i * Wp, off.data(), DQ + row);
+        window_sum(P, rows.data(), Kp, (long)i * Wp, off.data(), DQ + row);
         // through q.r: dq[half] += sum_a g[a] table[a]; drel[a] += sum_j g[a] q[half]
         for (int half = 0; half < 2; ++half)
           for (int a = 0; a < K; ++a) {
@@ -437,20 +494,9 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
             }
           }
         tm.lap(3);
+        if (i >= h) { key_row(i - h, DK, DV); tm.lap(4); }
       }
-      for (int ii = 0; ii < P.H; ++ii) {  // key pass
-        const long krow = (long)(ii + h) * Wp + h;
-        for (int o = 0; o < KK; ++o) {  // this key row's p and ds, zero where the query lies outside the image
-          const int a = o / K, bb = o % K, i = ii - a + h;
-          T* pk = &Pk[(long)o * Wr]; T* gk = &Gk[(long)o * Wr];
-          if (i < 0 || i >= P.H) { std::fill(pk, pk + Wr, T(0)); std::fill(gk, gk + Wr, T(0)); continue; }
-          std::memcpy(pk, &Ps[o * HWp + krow], sizeof(T) * Wr); std::memcpy(gk, &Gs[o * HWp + krow], sizeof(T) * Wr);
-          for (int jj = 0; jj < std::min(W, bb - h); ++jj) pk[jj] = gk[jj] = 0;
-          for (int jj = std::max(0, W + bb - h); jj < W; ++jj) pk[jj] = gk[jj] = 0;
-        }
-        window_sum(P, Gk.data(), Q, (long)ii * Wp, qoff.data(), DK + (long)ii * W);
-        window_sum(P, Pk.data(), Go, (long)ii * Wp, qoff.data(), DV + (long)ii * W);
-      }
+      for (int ii = std::max(0, P.H - h); ii < P.H; ++ii) key_row(ii, DK, DV);
       tm.lap(4);
     }
     add_profile(prof, mine, PHASES_BWD);
@@ -475,21 +521,41 @@ SASA_API(float, f32)
 SASA_API(double, f64)
 
 // The machine's own limit: float32 multiply-adds per second of `nthreads` threads running independent fused
-// multiply-adds in registers (8 accumulators of JB lanes each: enough independent chains to keep every vector FMA unit
-// busy, few enough to stay in registers).
+// multiply-adds in registers: FMA_CHAINS accumulators of one register each (enough independent chains to cover the
+// FMA units' latency, e.g. 2 units x 4 cycles, few enough to leave room for the two constants, so nothing spills).
+constexpr int FMA_CHAINS = VEC_REGS - 4;
 extern "C" double sasa_fma_peak(int nthreads, long iters) {
   double start = omp_get_wtime(), sink = 0;
 #pragma omp parallel num_threads(nthreads) reduction(+ : sink)
   {
-    constexpr int R = 8;
-    float acc[R][JB];
-    for (int r = 0; r < R; ++r) for (int j = 0; j < JB; ++j) acc[r][j] = 1.0f + 1e-3f * (r * JB + j);
-    const float a = 0.999999f, c = 1e-7f;
+    V<float> acc[FMA_CHAINS], a, c;
+    for (int j = 0; j < JB; ++j) { a[j] = 0.999999f; c[j] = 1e-7f; }
+    for (int r = 0; r < FMA_CHAINS; ++r) for (int j = 0; j < JB; ++j) acc[r][j] = 1.0f + 1e-3f * (r * JB + j);
     for (long it = 0; it < iters; ++it)
-      for (int r = 0; r < R; ++r)
-        for (int j = 0; j < JB; ++j) acc[r][j] = std::fma(acc[r][j], a, c);
-    for (int r = 0; r < R; ++r) for (int j = 0; j < JB; ++j) sink += acc[r][j];
+      for (int r = 0; r < FMA_CHAINS; ++r) acc[r] = acc[r] * a + c;  // contracted to one FMA (-ffp-contract=fast)
+    for (int r = 0; r < FMA_CHAINS; ++r) for (int j = 0; j < JB; ++j) sink += acc[r][j];
   }
   const double secs = omp_get_wtime() - start;
-  return sink > 0 ? (double)nthreads * iters * 8 * JB / secs : 0;  // (sink keeps the loop from being removed)
+  return sink > 0 ? (double)nthreads * iters * FMA_CHAINS * JB / secs : 0;  // (sink keeps the loop from being removed)
+}
+
+// What this build computes with: its vector width in bytes and the widest vector instructions it was compiled for
+// (native.build_info, the benchmark's rows, the tests).
+extern "C" int sasa_vector_bytes() { return VEC_BYTES; }
+extern "C" const char* sasa_isa() {
+#if defined(__AVX512F__)
+  return "AVX-512";
+#elif defined(__AVX2__)
+  return "AVX2";
+#elif defined(__AVX__)
+  return "AVX";
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+  return "NEON";
+#elif defined(__SSE4_2__)
+  return "SSE4.2";
+#elif defined(__SSE2__) || defined(__x86_64__)
+  return "SSE2";
+#else
+  return "scalar";
+#endif
 }
