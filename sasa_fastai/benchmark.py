@@ -13,13 +13,14 @@ from .layers import SASA2d
 from .models import ARCHS
 from .checkpoint import atomic_write
 from .memory import estimate_memory
+from .native import build_info, x86_levels
 
 # %% auto #0
-__all__ = ['LAYERS', 'LAYER_SHAPES', 'MEMORY_ENV', 'TIME_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case', 'model_case',
-           'case_name', 'make_step', 'peak_rss_mib', 'measure', 'run_case', 'breakdown_case', 'breakdown',
-           'breakdown_markdown', 'bench_cases', 'layer_markdown', 'model_markdown', 'target', 'targets_text',
-           'check_targets', 'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'benchmark',
-           'memory_rows', 'memory_markdown']
+__all__ = ['LAYERS', 'LAYER_SHAPES', 'MEMORY_ENV', 'TIME_ENV', 'CAPPED_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case',
+           'model_case', 'case_name', 'make_step', 'peak_rss_mib', 'beside', 'measure', 'run_case', 'bench_levels',
+           'level_env', 'breakdown_case', 'breakdown', 'breakdown_markdown', 'bench_cases', 'layer_markdown',
+           'model_markdown', 'target', 'targets_text', 'check_targets', 'cpu_name', 'cpu_isa', 'machine_info',
+           'machine_line', 'bench_markdown', 'benchmark', 'memory_rows', 'memory_markdown']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
 LAYERS = ('sasa', 'reference', 'conv')
@@ -145,6 +146,12 @@ def _timed_ms(step, sync, n):
         times.append((time.perf_counter() - t) * 1e3)
     return times
 
+def beside(spec # a case
+          ) -> dict|None:
+    "The case timed in the same process as `spec`: the 3x3 conv beside a SASA layer, `X` beside `sasa_X`."
+    if spec['kind'] == 'layer' and spec['layer'] == 'sasa': return {**spec, 'layer': 'conv'}
+    if spec['kind'] == 'model' and spec['arch'].startswith('sasa_'): return {**spec, 'arch': spec['arch'][5:]}
+
 def measure(spec, # a case from `layer_case` or `model_case`
             device='cpu', # 'cpu' or 'cuda'
             warmup=3, # untimed calls before timing
@@ -163,6 +170,10 @@ def measure(spec, # a case from `layer_case` or `model_case`
                time_ms=statistics.median(times) if times else None, times_ms=times, first_ms=first_ms, peak_mib=peak,
                base_mib=base, peak_reset=reset)
     if spec['kind'] == 'model' and times: res['images_per_s'] = spec['batch'] / res['time_ms'] * 1e3
+    if timing and beside(spec):  # its partner, timed right after in this process
+        other = make_step(beside(spec), device)
+        res['beside_ms'] = statistics.median(_timed_ms(other, sync, warmup + repeats)[warmup:])
+    if device == 'cpu': res['build'] = build_info()
     if spec['kind'] == 'layer' and spec['layer'] == 'sasa':
         res['backend'] = pick_backend('auto', torch.zeros(1, device=device))
     return res
@@ -195,18 +206,33 @@ def run_case(spec, # a case from `layer_case` or `model_case`
              threads=None, # CPU threads (default: `torch.get_num_threads()`)
              warmup=3, # untimed calls
              repeats=10, # timed calls
-             timeout=None): # seconds before the case is abandoned (each process)
+             timeout=None, # seconds before the case is abandoned (each process)
+             env=None): # more environment for its processes, e.g. `level_env(...)`
     "`measure` the case in fresh Python processes (CPU: memory under `MEMORY_ENV`, time under `TIME_ENV`)."
     req = dict(spec=spec, device=device, threads=torch.get_num_threads() if threads is None else threads,
                warmup=warmup, repeats=repeats)
-    if device == 'cuda' or spec['kind'] == 'breakdown': runs = [_in_process(req, TIME_ENV, timeout)]
-    else: runs = [_in_process({**req, 'timing': False}, MEMORY_ENV, timeout),
-                  _in_process({**req, 'memory': False}, TIME_ENV, timeout)]
+    env = env or {}
+    if device == 'cuda' or spec['kind'] == 'breakdown': runs = [_in_process(req, {**TIME_ENV, **env}, timeout)]
+    else: runs = [_in_process({**req, 'timing': False}, {**MEMORY_ENV, **env}, timeout),
+                  _in_process({**req, 'memory': False}, {**TIME_ENV, **env}, timeout)]
     failed = next((r for r in runs if 'error' in r), None)
     if failed: return dict(spec=spec, device=device, error=failed['error'])
     if len(runs) == 1: return runs[0]
     mem, res = runs
     return {**res, **{k: mem[k] for k in ('peak_mib', 'base_mib', 'peak_reset')}}
+
+# %% ../nbs/15_benchmark.ipynb #b2c3d4e5
+CAPPED_ENV = {  # PyTorch's own kernels held to a level's instructions
+    'x86-64-v3': dict(ATEN_CPU_CAPABILITY='avx2', ONEDNN_MAX_CPU_ISA='AVX2', MKL_ENABLE_INSTRUCTIONS='AVX2')}
+
+def bench_levels() -> list:
+    "The builds a benchmark measures here: x86-64-v3, and x86-64-v4 where the CPU has AVX-512; `native` elsewhere."
+    return [l for l in x86_levels() if l in ('x86-64-v3', 'x86-64-v4')] or ['native']
+
+def level_env(level # 'native' or an x86 level of `X86_LEVELS`
+             ) -> dict:
+    "The environment of a benchmark's processes at `level`: the kernel built for it, PyTorch capped to it."
+    return {} if level == 'native' else dict(SASA_FASTAI_MARCH=level, **CAPPED_ENV.get(level, {}))
 
 # %% ../nbs/15_benchmark.ipynb #647f197f
 # (C, H, batch): a 160 px ResNet's first stage, a 224 px one's, and the stages of the 64 px Imagenette recipe
@@ -308,6 +334,10 @@ def _val(results, key, **kw):
     r = _find(results, **kw)
     return None if r is None or 'error' in r else r.get(key)
 
+def _pair(results, arch, mode, **kw):
+    "Time of `arch` and of its partner timed in the same process (`beside`), if it was."
+    return _val(results, 'time_ms', arch=arch, mode=mode, **kw), _val(results, 'beside_ms', arch=arch, mode=mode, **kw)
+
 def _ratio(a, b): return a / b if a is not None and b is not None and b > 0 else None
 
 def _num(v, unit=''):
@@ -327,15 +357,17 @@ def layer_markdown(results):
             f"| reference ms | conv3x3 ms | ours/ref | ours/conv "
             f"| ours MiB | reference MiB | conv3x3 MiB | ours/ref | ours/conv |")
     out = [f'ours = `SASA2d` backend auto ({be}); reference = k² copies of keys and values; '
-           'conv3x3 = `nn.Conv2d(C, C, 3)`. Time: median ms; memory: peak MiB added by the pass.', '',
+           'conv3x3 = `nn.Conv2d(C, C, 3)`. Time: median ms; memory: peak MiB added by the pass. Time ours/conv: '
+           'the conv timed in the same process as ours.', '',
            head, '|---|---|' + '---:|' * 10]
     keys = list(dict.fromkeys((r['spec']['C'], r['spec']['H'], r['spec']['mode']) for r in layers))
     for C, H, mode in keys:
         t = {i: _val(layers, 'time_ms', layer=i, C=C, H=H, mode=mode) for i in LAYERS}
+        conv = _val(layers, 'beside_ms', layer='sasa', C=C, H=H, mode=mode) or t['conv']  # same process if measured
         m = {i: _val(layers, 'peak_mib', layer=i, C=C, H=H, mode=mode) for i in LAYERS}
         out.append(f"| C={C} @ {H}x{H} | {'fwd' if mode == 'fwd' else 'fwd+bwd'} | "
                    + ' | '.join(_num(t[i]) for i in LAYERS)
-                   + f" | {_x(_ratio(t['sasa'], t['reference']))} | {_x(_ratio(t['sasa'], t['conv']))} | "
+                   + f" | {_x(_ratio(t['sasa'], t['reference']))} | {_x(_ratio(t['sasa'], conv))} | "
                    + ' | '.join(_num(m[i]) for i in LAYERS)
                    + f" | {_x(_ratio(m['sasa'], m['reference']))} | {_x(_ratio(m['sasa'], m['conv']))} |")
     return '\n'.join(out)
@@ -357,8 +389,10 @@ def model_markdown(results):
         for a in archs:
             base = a[len('sasa_'):] if a.startswith('sasa_') else None
             if base in archs:
-                out.append(f'| {a} / {base} | ' + ' | '.join(_x(_ratio(u, v)) for u, v in zip(cols(a), cols(base)))
-                           + ' |')
+                r = [_ratio(u, v) for u, v in zip(cols(a), cols(base))]
+                r[0] = _ratio(*_pair(group, a, 'train')) or r[0]  # the times: from one process where measured
+                r[2] = _ratio(*_pair(group, a, 'infer')[::-1]) or r[2]
+                out.append(f'| {a} / {base} | ' + ' | '.join(_x(v) for v in r) + ' |')
     return '\n'.join(o for o in out if o is not None)
 
 # %% ../nbs/15_benchmark.ipynb #d795de5f
@@ -381,17 +415,27 @@ def targets_text(targets):
 
 # %% ../nbs/15_benchmark.ipynb #9f98abde
 def check_targets(results, conv='resnet26', sasa='sasa_resnet26'):
-    "The CPU targets of `results`, each a `target`."
+    "The CPU targets of `results` (one build), each a `target`; ratios of times from one process where measured."
     L = lambda layer, key: _val(results, key, kind='layer', layer=layer, C=64, H=40, mode='fwdbwd', batch=8,
                                kernel_size=7, num_heads=8)
-    M = lambda arch, key: _val(results, key, kind='model', arch=arch, mode='train', size=160, batch=8, amp=None)
+    M = lambda arch, key, mode, size, bs: _val(results, key, kind='model', arch=arch, mode=mode, size=size, batch=bs,
+                                               amp=None)
+    def step(mode, size, bs):  # sasa / conv time, from the SASA model's process if its partner was timed there
+        return _ratio(*_pair(results, sasa, mode, size=size, batch=bs, amp=None)) or _ratio(
+            M(sasa, 'time_ms', mode, size, bs), M(conv, 'time_ms', mode, size, bs))
     lay = 'layer C=64 @ 40x40 fwd+bwd'
+    conv_ms = L('sasa', 'beside_ms') or L('conv', 'time_ms')
     rows = [(f'{lay} time, reference / ours', _ratio(L('reference', 'time_ms'), L('sasa', 'time_ms')), '>=', 10),
             (f'{lay} peak memory, reference / ours', _ratio(L('reference', 'peak_mib'), L('sasa', 'peak_mib')),
              '>=', 15),
-            (f'{lay} time, ours / conv3x3', _ratio(L('sasa', 'time_ms'), L('conv', 'time_ms')), '<=', 3),
-            (f'{sasa} / {conv} training step time', _ratio(M(sasa, 'time_ms'), M(conv, 'time_ms')), '<=', 1.5),
-            (f'{sasa} / {conv} training step peak memory', _ratio(M(sasa, 'peak_mib'), M(conv, 'peak_mib')), '<=', 1.2)]
+            (f'{lay} time, ours / conv3x3', _ratio(L('sasa', 'time_ms'), conv_ms), '<=', 1.5)]
+    for size, bs in ((64, 32), (160, 8)):
+        t, i = step('train', size, bs), step('infer', size, bs)
+        rows += [(f'{sasa} / {conv} training step time, {size} px batch {bs}', t, '<=', 1.2),
+                 (f'{sasa} / {conv} inference throughput, {size} px batch {bs}', i and 1 / i, '>=',
+                  1.0 if size == 160 else 0.9),
+                 (f'{sasa} / {conv} training step peak memory, {size} px batch {bs}',
+                  _ratio(M(sasa, 'peak_mib', 'train', size, bs), M(conv, 'peak_mib', 'train', size, bs)), '<=', 1.2)]
     return [target(*r) for r in rows]
 
 # %% ../nbs/15_benchmark.ipynb #ea17cff0
@@ -427,6 +471,15 @@ def machine_line(info):
     return (f"{info['gpu']}, " if info.get('gpu') else '') + s
 
 # %% ../nbs/15_benchmark.ipynb #a4ce70af
+def _at(results, level): return [r for r in results if r['spec'].get('level', 'native') == level]
+
+def _level_line(level, results):
+    "A level's heading: the build and the vector instructions the kernel was compiled with, and PyTorch's cap."
+    isa = next((r['build']['isa'] for r in results if r.get('build')), None)
+    cap = CAPPED_ENV.get(level, {}).get('ATEN_CPU_CAPABILITY')
+    return (f"{level} build" + (f" ({isa} kernel)" if isa else '')
+            + (f", PyTorch capped at {cap.upper()}" if cap else ''))
+
 def bench_markdown(report):
     "The markdown of a report: command, machine line, tables, targets."
     s = report['settings']
@@ -439,9 +492,11 @@ def bench_markdown(report):
             + ('(CUDA allocator), each case in a fresh process.' if s['device'] == 'cuda' else
                "(RSS), each case in fresh processes: time with glibc's default allocator, memory with one that "
                'returns freed memory (`MEMORY_ENV`).'), '']
-    for part in (layer_markdown(report['results']), model_markdown(report['results']),
-                 breakdown_markdown(report['results'])):
-        if part: out += [part, '']
+    for level in dict.fromkeys(r['spec'].get('level', 'native') for r in report['results']):
+        rs = _at(report['results'], level)
+        if level != 'native' or len(rs) < len(report['results']): out += [f'### {_level_line(level, rs)}', '']
+        for part in (layer_markdown(rs), model_markdown(rs), breakdown_markdown(rs)):
+            if part: out += [part, '']
     errors = [f"- {case_name(r['spec'])}: {r['error']}" for r in report['results'] if 'error' in r]
     if errors: out += ['Failed cases:', *errors, '']
     if report.get('targets'): out += ['Targets (CPU):', '', '```', targets_text(report['targets']), '```', '']
@@ -456,11 +511,11 @@ def _progress_line(i, n, spec, r, t, t0):
             f'{time.time() - t0:.0f} s total)')
 
 def _run_cases(cases, device, threads, warmup, repeats, progress):
-    "`run_case` every case in turn; a progress line on stderr after each if `progress`."
+    "`run_case` every case in turn, at its level; a progress line on stderr after each if `progress`."
     results, t0 = [], time.time()
     for i, spec in enumerate(cases):
         t = time.time()
-        r = run_case(spec, device, threads, warmup, repeats)
+        r = run_case(spec, device, threads, warmup, repeats, env=level_env(spec.get('level', 'native')))
         results.append(r)
         if progress: print(_progress_line(i, len(cases), spec, r, t, t0), file=sys.stderr, flush=True)
     return results
@@ -479,19 +534,26 @@ def benchmark(out='bench_out', # folder for bench.md and bench.json (None: write
               warmup=None, # warm-up runs per case (default 3, 1 with quick)
               command=None, # the command line to print with the tables
               progress=True, # a line per case on stderr
+              levels=None, # kernel builds to measure (default: `bench_levels()` on the CPU, 'native' on CUDA)
               **kwargs): # passed to `bench_cases` (shapes, batch, archs, model_shapes, ...)
-    "Measure every case of `bench_cases` in its own process; write and return the report."
+    "Measure every case of `bench_cases` in its own process, at each level; write and return the report."
     _check_device(device)
     threads = torch.get_num_threads() if threads is None else threads
     repeats = (3 if quick else 10) if repeats is None else repeats
     warmup = (1 if quick else 3) if warmup is None else warmup
     check_positive('threads', threads); check_positive('repeats', repeats)
     check_int('warmup', warmup, lambda o: o >= 0, 'a non-negative integer')
-    results = _run_cases(bench_cases(quick, **kwargs), device, threads, warmup, repeats, progress)
+    levels = levels or (bench_levels() if device == 'cpu' else ['native'])
+    for l in levels:
+        if l != 'native' and l not in x86_levels():
+            raise invalid('levels', l, f"one of the builds this CPU runs: {', '.join(x86_levels() + ['native'])}")
+    cases = [{**c, 'level': l} for l in levels for c in bench_cases(quick, **kwargs)]
+    results = _run_cases(cases, device, threads, warmup, repeats, progress)
     report = dict(command=command, machine=machine_info(device, threads), results=results,
                   settings=dict(device=device, threads=threads, repeats=repeats, warmup=warmup, quick=quick,
                                 memory_env=MEMORY_ENV, time_env=TIME_ENV))
-    report['targets'] = check_targets(results) if device == 'cpu' else []
+    report['targets'] = [] if device != 'cpu' else [
+        {**t, 'target': f"{l}: {t['target']}"} for l in levels for t in check_targets(_at(results, l))]
     if out is not None:
         atomic_write(Path(out) / 'bench.md', lambda tmp: tmp.write_text(bench_markdown(report)))
         atomic_write(Path(out) / 'bench.json', lambda tmp: tmp.write_text(json.dumps(report, indent=1)))

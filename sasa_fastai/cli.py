@@ -195,12 +195,12 @@ def sasa_maps(image:str, # image file to look at
     return run_command(sasa_maps, _maps, image, model, out, query, heads, dpi)
 
 # %% ../nbs/17_cli.ipynb #c963a1c9
-def _bench(out, quick, device, threads, repeats, warmup):
+def _bench(out, quick, device, threads, repeats, warmup, levels):
     from sasa_fastai.benchmark import benchmark, bench_markdown
     cmd = ' '.join(['sasa_bench', f'--out {out}'] + ['--quick'] * quick + [f'--device {device}'] * (device != 'cpu')
                    + [f'--{k} {v}' for k, v in dict(threads=threads, repeats=repeats, warmup=warmup).items()
-                      if v is not None])
-    report = benchmark(out, quick, device, threads, repeats, warmup, command=cmd)
+                      if v is not None] + (['--levels', *levels] if levels else []))
+    report = benchmark(out, quick, device, threads, repeats, warmup, command=cmd, levels=levels)
     print(bench_markdown(report))
     print(f'wrote {Path(out) / "bench.md"} and {Path(out) / "bench.json"}', file=sys.stderr)
     return report
@@ -213,10 +213,12 @@ def sasa_bench(out:str='bench_out', # folder for bench.md and bench.json
                device:str='cpu', # 'cpu' or 'cuda'
                threads:int=None, # CPU threads per case (default: all, torch.get_num_threads())
                repeats:int=None, # timed runs per case (default 10, or 3 with --quick)
-               warmup:int=None): # untimed runs before them (default 3, or 1 with --quick)
+               warmup:int=None, # untimed runs before them (default 3, or 1 with --quick)
+               levels:Param('kernel builds to measure, e.g. x86-64-v3 x86-64-v4 native (default: every x86 level '
+                            'this CPU runs, PyTorch capped to it)', str, nargs='+')=None):
     ("Time and peak memory of the SASA layer (vs k² copies and a 3x3 conv) and of SASA-ResNet26 (vs ResNet-26); "
      "prints the tables.")
-    return run_command(sasa_bench, _bench, out, quick, device, threads, repeats, warmup)
+    return run_command(sasa_bench, _bench, out, quick, device, threads, repeats, warmup, levels)
 
 # %% ../nbs/17_cli.ipynb #0ae9b131
 def _compare(data, out, recipe, variants, seeds, depth, size, epochs, bs, lr):
