@@ -116,20 +116,28 @@ template <typename T> struct Problem {
 };
 
 // Scratch copies of `planes` H x W planes, zero-padded by h (value `fill` outside the image), plus JB elements of
-// slack so whole register blocks may read past the last pixel. Pixel (i, j) sits at (i + h) * Wp + h + j.
+// slack so whole register blocks may read past the last pixel. Pixel (i, j) sits at (i + h) * Wp + h + j. Only the
+// image part is written after the first task of a shape: the border keeps its fill (on small maps the border is most
+// of the plane: 60 of 64 numbers at 2x2, k = 7).
 template <typename T> struct Padded {
-  std::vector<T> buf; long HWp = 0; int Wp = 0;
+  std::vector<T> buf; long HWp = 0; int Wp = 0, H = -1, W = -1, K = -1; T filled = T(0);
+  void shape(const Problem<T>& P, int planes, T fill) {  // (re)fill the whole buffer when the shape changes
+    const long n = planes * P.HWp() + JB;
+    if (H == P.H && W == P.W && K == P.K && (long)buf.size() == n && filled == fill) return;
+    H = P.H; W = P.W; K = P.K; Wp = P.Wp(); HWp = P.HWp(); filled = fill;
+    buf.assign(n, fill);
+  }
   void load(const Problem<T>& P, const T* src, int planes, T fill) {
-    const int h = P.h(); Wp = P.Wp(); HWp = P.HWp();
-    buf.assign(planes * HWp + JB, fill);
+    const int h = P.h();
+    shape(P, planes, fill);
     for (int c = 0; c < planes; ++c)
       for (int i = 0; i < P.H; ++i)
         std::memcpy(&buf[c * HWp + (long)(i + h) * Wp + h], src + c * P.HW() + (long)i * P.W, sizeof(T) * P.W);
   }
   // the relative logits of head n: plane a = sum_d table[a, n, d] * q[half * D/2 + d] (zero outside the image)
   void rel(const Problem<T>& P, const T* q, const T* table, int n, int half) {
-    const int h = P.h(), D2 = P.D / 2; Wp = P.Wp(); HWp = P.HWp();
-    buf.assign(P.K * HWp + JB, T(0));
+    const int h = P.h(), D2 = P.D / 2;
+    shape(P, P.K, T(0));
     for (int a = 0; a < P.K; ++a)
       for (int d = 0; d < D2; ++d) {
         const T c = table[((long)a * P.N + n) * D2 + d];
@@ -137,7 +145,8 @@ template <typename T> struct Padded {
         for (int i = 0; i < P.H; ++i) {
           T* __restrict dst = &buf[a * HWp + (long)(i + h) * Wp + h];
           const T* __restrict src = qd + (long)i * P.W;
-          for (int j = 0; j < P.W; ++j) dst[j] += c * src[j];
+          if (d == 0) for (int j = 0; j < P.W; ++j) dst[j] = c * src[j];
+          else for (int j = 0; j < P.W; ++j) dst[j] += c * src[j];
         }
       }
   }
