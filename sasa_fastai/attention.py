@@ -10,7 +10,7 @@ import torch
 from .checks import check_choice
 from .core import project, split_heads, reference_backend, shift_backend
 from .flex import flex_backend
-from .native import native_library
+from .native import native_library, unavailable_reason
 from .ops import sasa_fwd, OP_BACKENDS
 
 # %% auto #0
@@ -45,7 +45,12 @@ def pick_backend(backend, # one of `BACKEND_NAMES`
     "The backend that will compute the attention on `x`'s device: 'auto' resolved, impossible choices replaced."
     check_choice('backend', backend, BACKEND_NAMES)
     if _onnx_exporting(): return 'shift'  # standard operators only: the op has no ONNX translation
-    cuda = x.device.type == 'cuda'
+    device = x.device.type
+    if device not in ('cpu', 'cuda'):  # mps, xpu, ...: standard operators run there, the compiled kernels do not
+        if backend in ('auto', *OP_BACKENDS):
+            backend = _fallback(backend, 'shift', f'has no kernel for {device} tensors (the CPU and CUDA only)')
+        return backend
+    cuda = device == 'cuda'
     if backend == 'auto': backend = 'triton' if cuda else 'native'
     if backend == 'native' and cuda: backend = _fallback('native', 'triton', 'runs on the CPU only')
     if backend == 'flex' and inference:
@@ -54,8 +59,10 @@ def pick_backend(backend, # one of `BACKEND_NAMES`
         backend = _fallback('triton', 'shift' if cuda else 'native', 'computes in float32, not float64')
     if backend == 'triton' and not _has_triton():
         backend = _fallback('triton', 'shift' if cuda else 'native', 'needs the triton package (pip install triton)')
-    if backend == 'native' and native_library() is None:
-        backend = _fallback('native', 'shift', 'needs a C++ compiler with OpenMP, and none was found')
+    # under torch.compile the kernel is not looked up: the op finds it when it runs (finding it builds it, which dynamo
+    # cannot trace), and says so in words if it cannot be built
+    if backend == 'native' and not torch.compiler.is_compiling() and native_library() is None:
+        backend = _fallback('native', 'shift', f'is unavailable ({unavailable_reason()})')
     return backend
 
 # %% ../nbs/06_attention.ipynb #656ef65e

@@ -5,8 +5,7 @@
 # %% ../nbs/07_layers.ipynb #032a9e1b
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
-from fastcore.basics import store_attr
-from fastcore.basics import patch
+from fastcore.basics import patch, store_attr
 from .checks import check_sasa_args, check_positive, check_input
 from .core import rel_logits
 from .attention import sasa_attention

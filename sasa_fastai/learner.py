@@ -29,8 +29,8 @@ from .visualize import attention_maps  # patches Learner.attention_maps
 from .memory import check_memory, estimate_memory  # (and patches Learner.memory_estimate)
 
 # %% auto #0
-__all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'get_learner', 'PlainTableLogger', 'StopOnInterrupt', 'TrainingInterrupted',
-           'file_sizes', 'train']
+__all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'amp_dtype', 'get_learner', 'PlainTableLogger', 'StopOnInterrupt',
+           'TrainingInterrupted', 'file_sizes', 'train']
 
 # %% ../nbs/13_learner.ipynb #10a03f4c
 DEFAULT_LR = 4e-3
@@ -49,6 +49,14 @@ def _check_model(make, sasa, size, bs=None, memory=False):
     min_size, name = getattr(model, 'min_size', MIN_SIZE), getattr(make, '__name__', None)
     check_size(size, min_size, f'{name or "the model"} downsamples {min_size}x')
     if memory and size is not None: check_memory(estimate_memory(model, size, bs, default_device(), name))
+
+# %% ../nbs/13_learner.ipynb #c0d1e2f3
+def amp_dtype(device # where the model trains
+             ) -> torch.dtype|None:
+    "The mixed-precision dtype that is fast on `device`: bf16 from compute capability 8.0, fp16 below; None off CUDA."
+    device = torch.device(device)
+    if device.type != 'cuda': return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 # %% ../nbs/13_learner.ipynb #d239c7d7
 def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder (either layout), or `DataLoaders`
@@ -82,7 +90,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
     metrics = [accuracy] + ([top_k_accuracy] if n_out >= 5 else [])  # top-5 needs at least 5 classes
     learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropy(), metrics=metrics, lr=lr, **kwargs)
     if mixed_precision and torch.device(dls.device or 'cpu').type == 'cuda':
-        learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
+        learn.to_bf16() if amp_dtype(dls.device) == torch.bfloat16 else learn.to_fp16()
     learn.arch_name = getattr(make, '__name__', type(model).__name__)
     if memory_check and not early and (est := learn.memory_estimate()) is not None: check_memory(est)
     return learn

@@ -10,7 +10,8 @@ import torch
 
 # %% auto #0
 __all__ = ['FLAGS', 'X86_LEVELS', 'PHASES', 'source_file', 'kernels_dir', 'build_target', 'cpu_flags', 'x86_levels',
-           'check_target', 'native_library', 'build_info', 'native_forward', 'native_backward', 'fma_peak']
+           'check_target', 'native_library', 'unavailable_reason', 'build_info', 'native_forward', 'native_backward',
+           'fma_peak']
 
 # %% ../nbs/02_native.ipynb #5e59352b
 def source_file() -> Path:
@@ -70,25 +71,63 @@ def check_target(target, # a `-march` value, e.g. `build_target()`
     return target
 
 # %% ../nbs/02_native.ipynb #b7d1e0a2
+def _digest(path): return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def _signature(so): return so.parent / (so.name + '.sha256')  # the library's hash, written after it
+
+def _fsynced(path):
+    "Flush `path` (a file or a folder) to the disk, so that a crash or a power cut cannot leave it half written."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
 def _build(so, target, verbose):
+    "Compile into a temporary file, flush it, then rename it into place and record its hash beside it."
     so.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=so.parent) as tmp:
-        out = Path(tmp) / so.name
+        out, sig = Path(tmp) / so.name, Path(tmp) / _signature(so).name
         cmd = [os.environ.get('CXX', 'c++'), *FLAGS, f'-march={target}', str(source_file()), '-o', str(out)]
-        subprocess.run(cmd, check=True, capture_output=not verbose)
+        subprocess.run(cmd, check=True, capture_output=not verbose, text=True)
+        sig.write_text(_digest(out))
+        _fsynced(out); _fsynced(sig)
         os.replace(out, so)  # atomic: parallel processes never load a half-written file
+        os.replace(sig, _signature(so))  # last: a library without its signature is not trusted
+        _fsynced(so.parent)
+
+def _trusted(so):
+    "Whether the cached library is whole: its hash is the one recorded when it was built."
+    try: return _signature(so).read_text().strip() == _digest(so)
+    except OSError: return False
 
 # %% ../nbs/02_native.ipynb #d6b217d6
+_failure = None  # why the kernel could not be built, in words
+
+def _why(e, so):
+    "One line on why building or loading the kernel failed, naming what to do."
+    if isinstance(e, subprocess.CalledProcessError):
+        err = [l for l in (e.stderr or '').splitlines() if l.strip()]
+        return f"the compiler failed ({err[-1].strip() if err else f'exit status {e.returncode}'})"
+    if isinstance(e, FileNotFoundError) and e.filename == os.environ.get('CXX', 'c++'):
+        return (f"needs a C++ compiler, and {e.filename!r} was not found: install g++ (Debian/Ubuntu: "
+                "build-essential), or set CXX")
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        return (f"cannot write the kernel folder {so.parent} ({e.strerror}): set SASA_FASTAI_KERNELS to a writable "
+                "folder")
+    return str(e) if isinstance(e, RuntimeError) else f'{type(e).__name__}: {e}'
+
 def native_library(verbose=False # show the compiler's output
                   ):
     "The compiled kernel (built on first use, once per machine, target and source version), or `None` if it cannot be."
-    global _library
+    global _library, _failure
     if _library is not None: return _library or None
+    so = None
     try:
         target = check_target(build_target())
         key = hashlib.sha256((source_file().read_text() + ' '.join(FLAGS) + target + _cpu_tag()).encode())
         so = kernels_dir() / f'sasa_cpu_{key.hexdigest()[:16]}.so'
-        if not so.exists(): _build(so, target, verbose)
+        if so.exists() and not _trusted(so):
+            warnings.warn(f'sasa_fastai: the cached CPU kernel {so} is damaged or incomplete (its hash is not the one '
+                          'recorded when it was built); building it again')
+        if not _trusted(so): _build(so, target, verbose)
         lib = ctypes.CDLL(str(so))
         for fn in ('sasa_forward_f32', 'sasa_forward_f64', 'sasa_backward_f32', 'sasa_backward_f64'):
             getattr(lib, fn).restype = None
@@ -96,10 +135,15 @@ def native_library(verbose=False # show the compiler's output
         lib.sasa_isa.restype = ctypes.c_char_p
         _library = lib
     except Exception as e:
-        warnings.warn(f'sasa_fastai: could not build the CPU kernel ({e!r}); SASA layers use the slower pure-PyTorch '
-                      "'shift' backend. Install a C++ compiler with OpenMP (e.g. g++) for full CPU speed.")
+        _failure = _why(e, so or kernels_dir() / 'sasa_cpu.so')
+        warnings.warn(f"sasa_fastai: could not build the CPU kernel: {_failure}; SASA layers use the slower "
+                      "pure-PyTorch 'shift' backend")
         _library = False
     return _library or None
+
+def unavailable_reason() -> str|None:
+    "Why the CPU kernel cannot be used (`None` while it can)."
+    return None if native_library() is not None else _failure
 
 # %% ../nbs/02_native.ipynb #c4e2f9b1
 def build_info() -> dict:
@@ -122,7 +166,9 @@ def _problem(qkv, rel_h, rel_w, num_heads, masked):
 def _kernel(name, t):
     if t.dtype not in (torch.float32, torch.float64):
         raise TypeError(f'the CPU kernel computes in float32 or float64, not {t.dtype}')
-    return getattr(native_library(), f"sasa_{name}_{'f64' if t.dtype == torch.float64 else 'f32'}")
+    if (lib := native_library()) is None:  # reached only when pick_backend could not look first (torch.compile)
+        raise RuntimeError(f"sasa_fastai's CPU kernel is unavailable ({_failure}); use backend='shift'")
+    return getattr(lib, f"sasa_{name}_{'f64' if t.dtype == torch.float64 else 'f32'}")
 
 PHASES = {  # what the kernel times when asked (`profile=`): the parts of each pass, in order
     'forward': ('set-up', 'logits', 'softmax', 'weighted sum'),
