@@ -14,7 +14,7 @@ from .native import native_library, unavailable_reason
 from .ops import sasa_fwd, OP_BACKENDS
 
 # %% auto #0
-__all__ = ['BACKENDS', 'BACKEND_NAMES', 'pick_backend', 'sasa_attention']
+__all__ = ['BACKENDS', 'BACKEND_NAMES', 'backend_for', 'pick_backend', 'sasa_attention']
 
 # %% ../nbs/06_attention.ipynb #5af94685
 BACKENDS = dict(reference=reference_backend, shift=shift_backend, flex=flex_backend)  # backends on q, k, v
@@ -38,15 +38,14 @@ def _onnx_exporting():
     onnx = sys.modules.get('torch.onnx')
     return onnx is not None and onnx.is_in_onnx_export()
 
-def pick_backend(backend, # one of `BACKEND_NAMES`
-                 x, # the input: its device decides
-                 inference=False # whether the weights are needed
-                ) -> str:
-    "The backend that will compute the attention on `x`'s device: 'auto' resolved, impossible choices replaced."
+def backend_for(backend, # one of `BACKEND_NAMES`
+                device, # the input's device type: 'cpu', 'cuda', 'mps', ... ('meta' counts as the CPU: shapes only)
+                dtype=torch.float32, # the input's dtype
+                inference=False # whether the weights are needed
+               ) -> str:
+    "The backend for an input of `device` type and `dtype`: 'auto' resolved, impossible choices replaced (warned)."
     check_choice('backend', backend, BACKEND_NAMES)
-    if _onnx_exporting(): return 'shift'  # standard operators only: the op has no ONNX translation
-    device = x.device.type
-    if device not in ('cpu', 'cuda'):  # mps, xpu, ...: standard operators run there, the compiled kernels do not
+    if device not in ('cpu', 'cuda', 'meta'):  # mps, xpu, ...: standard operators run there, our kernels do not
         if backend in ('auto', *OP_BACKENDS):
             backend = _fallback(backend, 'shift', f'has no kernel for {device} tensors (the CPU and CUDA only)')
         return backend
@@ -55,7 +54,7 @@ def pick_backend(backend, # one of `BACKEND_NAMES`
     if backend == 'native' and cuda: backend = _fallback('native', 'triton', 'runs on the CPU only')
     if backend == 'flex' and inference:
         backend = _fallback('flex', 'triton' if cuda else 'shift', 'cannot return the weights (inference=True)')
-    if backend == 'triton' and x.dtype == torch.float64:  # the Triton kernel accumulates in float32
+    if backend == 'triton' and dtype == torch.float64:  # the Triton kernel accumulates in float32
         backend = _fallback('triton', 'shift' if cuda else 'native', 'computes in float32, not float64')
     if backend == 'triton' and not _has_triton():
         backend = _fallback('triton', 'shift' if cuda else 'native', 'needs the triton package (pip install triton)')
@@ -64,6 +63,15 @@ def pick_backend(backend, # one of `BACKEND_NAMES`
     if backend == 'native' and not torch.compiler.is_compiling() and native_library() is None:
         backend = _fallback('native', 'shift', f'is unavailable ({unavailable_reason()})')
     return backend
+
+def pick_backend(backend, # one of `BACKEND_NAMES`
+                 x, # the input: its device and dtype decide
+                 inference=False # whether the weights are needed
+                ) -> str:
+    "The backend that will compute the attention on `x` (see `backend_for`)."
+    if _onnx_exporting(): return 'shift'  # standard operators only: the op has no ONNX translation
+    return backend_for(backend, x.device.type, x.dtype, inference)
+
 
 # %% ../nbs/06_attention.ipynb #656ef65e
 def _cast(x, w_qkv, rel_h, rel_w):

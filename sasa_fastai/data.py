@@ -25,7 +25,7 @@ from fastdownload import FastDownload
 # %% auto #0
 __all__ = ['IMAGENETTE_NAMES', 'IMAGEWOOF_NAMES', 'WNID_NAMES', 'N_DIGITS_VALID', 'DIGITS_FOLDER', 'DATASETS', 'SHOWN',
            'VALID_FOLDERS', 'LAYOUTS', 'label_name', 'data_root', 'digits_folder', 'fastai_config', 'dataset_folder',
-           'load_image', 'read_image', 'image_problem', 'report_file', 'readable_images', 'folder_layout', 'holdout',
+           'load_image', 'read_image', 'image_problem', 'write_report', 'readable_images', 'folder_layout', 'holdout',
            'image_items', 'warn_small_images', 'get_dls', 'input_config', 'image_input']
 
 # %% ../nbs/09_data.ipynb #e0808cf6
@@ -175,13 +175,16 @@ def image_problem(fn # an image file
 # %% ../nbs/09_data.ipynb #104f483f
 SHOWN = 3  # bad files named in a warning; the full list goes to a file
 
-def report_file(kind, # what the list is, e.g. 'unreadable'
-                items # the files it is about (their common folder names the report)
-               ) -> Path:
-    "Where the full list of `kind` files among `items` is written: a file in the temporary folder."
+def write_report(kind, # what the list is, e.g. 'unreadable'
+                 items, # the files it is about (their common folder names the report)
+                 text # the report
+                ) -> Path:
+    "Write the full list of `kind` files among `items` to a new file in the temporary folder; return its path."
     root = os.path.commonpath([str(Path(o).parent) for o in items]) if items else '.'
-    key = hashlib.sha1(root.encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / f'sasa_fastai_{kind}_{Path(root).name or "files"}_{key}.txt'
+    # a fresh name, created exclusively (never a file or a link someone else put there), readable by this user only
+    fd, path = tempfile.mkstemp(prefix=f'sasa_fastai_{kind}_{Path(root).name or "files"}_', suffix='.txt')
+    with os.fdopen(fd, 'w') as f: f.write(text)
+    return Path(path)
 
 def readable_images(items, # image paths
                     n_workers=None # threads (default: up to 8)
@@ -195,8 +198,7 @@ def readable_images(items, # image paths
         msg = f'{len(bad)} of {len(items)} image files cannot be read and are left out: '
         msg += '; '.join(f'{o} ({p})' for o, p in bad[:SHOWN])
         if len(bad) > SHOWN:
-            report = report_file('unreadable', [o for o, _ in bad])
-            report.write_text(''.join(f'{o}\t{p}\n' for o, p in bad))
+            report = write_report('unreadable', [o for o, _ in bad], ''.join(f'{o}\t{p}\n' for o, p in bad))
             msg += f'; and {len(bad) - SHOWN} more, all listed in {report}'
         warnings.warn(msg, stacklevel=2)
     return [o for o, p in zip(items, problems) if p is None]
