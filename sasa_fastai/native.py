@@ -91,7 +91,8 @@ def _build(so, target, verbose):
         _fsynced(out); _fsynced(sig)
         os.replace(out, so)  # atomic: parallel processes never load a half-written file
         os.replace(sig, _signature(so))  # last: a library without its signature is not trusted
-        _fsynced(so.parent)
+    try: _fsynced(so.parent)  # the renames themselves (a folder cannot be opened for this on Windows)
+    except OSError: pass
 
 def _trusted(so):
     "Whether the cached library is whole: its hash is the one recorded when it was built."
@@ -114,6 +115,7 @@ def _why(e, so):
                 "folder")
     return str(e) if isinstance(e, RuntimeError) else f'{type(e).__name__}: {e}'
 
+# %% ../nbs/02_native.ipynb #c1d2e3f4
 def native_library(verbose=False # show the compiler's output
                   ):
     "The compiled kernel (built on first use, once per machine, target and source version), or `None` if it cannot be."
@@ -124,10 +126,11 @@ def native_library(verbose=False # show the compiler's output
         target = check_target(build_target())
         key = hashlib.sha256((source_file().read_text() + ' '.join(FLAGS) + target + _cpu_tag()).encode())
         so = kernels_dir() / f'sasa_cpu_{key.hexdigest()[:16]}.so'
-        if so.exists() and not _trusted(so):
-            warnings.warn(f'sasa_fastai: the cached CPU kernel {so} is damaged or incomplete (its hash is not the one '
-                          'recorded when it was built); building it again')
-        if not _trusted(so): _build(so, target, verbose)
+        if not _trusted(so):
+            if so.exists():
+                warnings.warn(f'sasa_fastai: the cached CPU kernel {so} is damaged or incomplete (its hash is not the '
+                              'one recorded when it was built); building it again')
+            _build(so, target, verbose)
         lib = ctypes.CDLL(str(so))
         for fn in ('sasa_forward_f32', 'sasa_forward_f64', 'sasa_backward_f32', 'sasa_backward_f64'):
             getattr(lib, fn).restype = None
