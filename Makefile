@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FLAGS ?=
 
-.PHONY: test demo demo-sweep imagenette imagenette-maps bench memory onnx-speed gpu-check readme sync-check readme-check lint nbtest clean-venv
+.PHONY: test demo demo-sweep imagenette imagenette-maps bench memory onnx-speed gpu-check readme sync-check readme-check lint nbtest clean-venv arm-check
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -73,6 +73,15 @@ bench: $(STAMP)
 # on a CUDA machine: the GPU kernels' agreement, the layer and ResNet-50 targets, a training run (results/gpu_check.md)
 gpu-check: $(STAMP)
 	@$(PY) tools/gpu_check.py --out results/gpu_check.md
+
+# ARM: the CPU kernel cross-compiled for aarch64 and run under qemu-aarch64 against an x86-64 build on the same inputs,
+# forward and backward (tools/arm_check.py); installs Debian's g++-aarch64-linux-gnu and qemu-user first when missing
+arm-check: $(STAMP)
+	@if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); echo "Installing g++-aarch64-linux-gnu and qemu-user with apt-get..."; \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; fi
+	@$(PY) tools/arm_check.py $(ARM_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,63 +6,97 @@
 from __future__ import annotations
 import sys, warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
 import torch
 from .checks import check_choice
 from .core import project, split_heads, reference_backend, shift_backend
 from .flex import flex_backend
 from .native import native_library, unavailable_reason
-from .ops import sasa_fwd, OP_BACKENDS
+from .ops import sasa_fwd
 
 # %% auto #0
-__all__ = ['BACKENDS', 'BACKEND_NAMES', 'backend_for', 'pick_backend', 'sasa_attention']
+__all__ = ['BACKENDS', 'BACKEND_NAMES', 'Backend', 'backend_for', 'pick_backend', 'sasa_attention']
 
 # %% ../nbs/06_attention.ipynb #5af94685
-BACKENDS = dict(reference=reference_backend, shift=shift_backend, flex=flex_backend)  # backends on q, k, v
-BACKEND_NAMES = ('auto', *OP_BACKENDS, *BACKENDS)
-_warned = set()
+@dataclass(frozen=True)
+class Backend:
+    "One way to compute `sasa_attention`, and where it runs."
+    name: str
+    fn: Callable # (x, w_qkv, rel_h, rel_w, masked, inference) -> output `[B, nf, H, W]`, weights or None
+    can_run: Callable # (device type, dtype, inference) -> None, or the reason it cannot run there
+    auto_on: tuple = () # device types where `auto` picks it ('*': every device)
+    fused: bool = False # a kernel of ours: O(1) memory per pixel in the window size
 
+def _on_op(kernel):
+    "The registered op (`05_ops`) with the kernel `kernel`, as a backend."
+    def fn(x, w_qkv, rel_h, rel_w, masked, inference):
+        out, _, w = sasa_fwd(x, w_qkv, rel_h, rel_w, masked, inference, kernel)
+        return out, (w if inference else None)
+    return fn
+
+def _on_qkv(f):
+    "A function of q, k, v (`01_core`, `04_flex`) as a backend."
+    def fn(x, w_qkv, rel_h, rel_w, masked, inference):
+        out, w = f(*split_heads(project(x, w_qkv), rel_h.shape[1]), rel_h, rel_w, masked, inference)
+        return out.flatten(1, 2), w
+    return fn
+
+# %% ../nbs/06_attention.ipynb #0a14ec61
 def _has_triton():
     try: import triton; return True
     except ImportError: return False
 
-def _fallback(backend, chosen, why):
-    "Warn once per (backend, chosen, reason) that `backend` is replaced by `chosen`."
-    if (backend, chosen, why) not in _warned:
-        _warned.add((backend, chosen, why))
-        warnings.warn(f"sasa_fastai: backend={backend!r} {why}; using {chosen!r} instead", stacklevel=4)
-    return chosen
+def _native_can_run(device, dtype, inference):
+    if device not in ('cpu', 'meta'): return f'runs on the CPU only, not on {device}'
+    # under torch.compile the kernel is not looked up: the op finds it when it runs (finding it builds it, which dynamo
+    # cannot trace), and says so in words if it cannot be built
+    if not torch.compiler.is_compiling() and native_library() is None: return f'is unavailable ({unavailable_reason()})'
 
-# %% ../nbs/06_attention.ipynb #0a14ec61
+def _triton_can_run(device, dtype, inference):
+    if device not in ('cuda', 'cpu', 'meta'): return f'runs on CUDA only, not on {device}'
+    if dtype == torch.float64: return 'computes in float32, not float64'  # (it accumulates in float32)
+    if not _has_triton(): return 'needs the triton package (pip install triton)'
+
+def _flex_can_run(device, dtype, inference):
+    if inference: return 'cannot return the weights (inference=True)'
+
+def _anywhere(device, dtype, inference): return None  # standard operators: every device PyTorch has
+
+BACKENDS = {b.name: b for b in (  # in `auto`'s order of preference
+    Backend('native', _on_op('native'), _native_can_run, auto_on=('cpu', 'meta'), fused=True),
+    Backend('triton', _on_op('triton'), _triton_can_run, auto_on=('cuda',), fused=True),
+    Backend('shift', _on_qkv(shift_backend), _anywhere, auto_on=('*',)),
+    Backend('flex', _on_qkv(flex_backend), _flex_can_run),
+    Backend('reference', _on_qkv(reference_backend), _anywhere))}
+BACKEND_NAMES = ('auto', *BACKENDS)
+
 def _onnx_exporting():
     "Whether `torch.onnx.export` is tracing (never, if `torch.onnx` was not even imported)."
     onnx = sys.modules.get('torch.onnx')
     return onnx is not None and onnx.is_in_onnx_export()
 
+_said = set()
+def _say_once(line):
+    if line not in _said: _said.add(line); warnings.warn(f'sasa_fastai: {line}', stacklevel=4)
+
 def backend_for(backend, # one of `BACKEND_NAMES`
-                device, # the input's device type: 'cpu', 'cuda', 'mps', ... ('meta' counts as the CPU: shapes only)
+                device, # the input's device type: 'cpu', 'cuda', 'mps', ... ('meta': shapes only, as the CPU)
                 dtype=torch.float32, # the input's dtype
                 inference=False # whether the weights are needed
                ) -> str:
-    "The backend for an input of `device` type and `dtype`: 'auto' resolved, impossible choices replaced (warned)."
+    "The backend for an input of `device` type and `dtype`: the one asked for if it can run there, else `auto`'s."
     check_choice('backend', backend, BACKEND_NAMES)
-    if device not in ('cpu', 'cuda', 'meta'):  # mps, xpu, ...: standard operators run there, our kernels do not
-        if backend in ('auto', *OP_BACKENDS):
-            backend = _fallback(backend, 'shift', f'has no kernel for {device} tensors (the CPU and CUDA only)')
-        return backend
-    cuda = device == 'cuda'
-    if backend == 'auto': backend = 'triton' if cuda else 'native'
-    if backend == 'native' and cuda: backend = _fallback('native', 'triton', 'runs on the CPU only')
-    if backend == 'flex' and inference:
-        backend = _fallback('flex', 'triton' if cuda else 'shift', 'cannot return the weights (inference=True)')
-    if backend == 'triton' and dtype == torch.float64:  # the Triton kernel accumulates in float32
-        backend = _fallback('triton', 'shift' if cuda else 'native', 'computes in float32, not float64')
-    if backend == 'triton' and not _has_triton():
-        backend = _fallback('triton', 'shift' if cuda else 'native', 'needs the triton package (pip install triton)')
-    # under torch.compile the kernel is not looked up: the op finds it when it runs (finding it builds it, which dynamo
-    # cannot trace), and says so in words if it cannot be built
-    if backend == 'native' and not torch.compiler.is_compiling() and native_library() is None:
-        backend = _fallback('native', 'shift', f'is unavailable ({unavailable_reason()})')
-    return backend
+    if backend != 'auto':
+        if (why := BACKENDS[backend].can_run(device, dtype, inference)) is None: return backend
+    auto = next(b for b in BACKENDS.values() if {device, '*'} & set(b.auto_on) and
+                b.can_run(device, dtype, inference) is None)
+    if backend != 'auto': _say_once(f"backend={backend!r} {why}; using {auto.name!r} instead")
+    elif not auto.fused:
+        whys = [f'{b.name} {w}' for b in BACKENDS.values() if b.fused and (w := b.can_run(device, dtype, inference))]
+        _say_once(f"no fused SASA kernel runs on {device} tensors of {str(dtype)[6:]} ({'; '.join(whys)}): using "
+                  f"{auto.name!r} (standard PyTorch operators, k² logits per pixel in memory)")
+    return auto.name
 
 def pick_backend(backend, # one of `BACKEND_NAMES`
                  x, # the input: its device and dtype decide
@@ -71,7 +105,6 @@ def pick_backend(backend, # one of `BACKEND_NAMES`
     "The backend that will compute the attention on `x` (see `backend_for`)."
     if _onnx_exporting(): return 'shift'  # standard operators only: the op has no ONNX translation
     return backend_for(backend, x.device.type, x.dtype, inference)
-
 
 # %% ../nbs/06_attention.ipynb #656ef65e
 def _cast(x, w_qkv, rel_h, rel_w):
@@ -92,13 +125,8 @@ def sasa_attention(x, # input `[B, ni, H, W]`
                    inference=False # also return the weights `[B, N, H, W, k, k]`
                   ):
     "SASA: project to q, k, v; for every pixel, softmax over its k x k window of `q.k + q.r`; weighted sum of values."
-    N, dtype = rel_h.shape[1], x.dtype
-    name = pick_backend(backend, x, inference)
+    dtype, fn = x.dtype, BACKENDS[pick_backend(backend, x, inference)].fn
     x, w_qkv, rel_h, rel_w = _cast(x, w_qkv, rel_h, rel_w)
     with torch.autocast(x.device.type, enabled=False) if x.device.type in ('cpu', 'cuda') else nullcontext():
-        if name in OP_BACKENDS:
-            out, _, w = sasa_fwd(x, w_qkv, rel_h, rel_w, masked, inference, name)
-        else:
-            out, w = BACKENDS[name](*split_heads(project(x, w_qkv), N), rel_h, rel_w, masked, inference)
-            out = out.flatten(1, 2)
-    return out.to(dtype), (w if inference else None)
+        out, w = fn(x, w_qkv, rel_h, rel_w, masked, inference)
+    return out.to(dtype), w

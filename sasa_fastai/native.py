@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['FLAGS', 'X86_LEVELS', 'PHASES', 'source_file', 'kernels_dir', 'build_target', 'cpu_flags', 'x86_levels',
-           'check_target', 'native_library', 'unavailable_reason', 'build_info', 'native_forward', 'native_backward',
-           'fma_peak']
+__all__ = ['FLAGS', 'THREADS', 'X86_LEVELS', 'PHASES', 'source_file', 'kernels_dir', 'build_target', 'compiler', 'target_flag',
+           'cpu_flags', 'x86_levels', 'check_target', 'install_hint', 'native_library', 'unavailable_reason',
+           'build_info', 'native_forward', 'native_backward', 'fma_peak']
 
 # %% ../nbs/02_native.ipynb #5e59352b
 def source_file() -> Path:
@@ -19,7 +19,8 @@ def source_file() -> Path:
     return Path(str(importlib.resources.files('sasa_fastai') / 'csrc' / 'sasa_cpu.cpp'))
 
 # %% ../nbs/02_native.ipynb #e61bc150
-FLAGS = ['-O3', '-fno-trapping-math', '-fno-math-errno', '-fopenmp', '-shared', '-fPIC', '-std=c++17', '-Wno-psabi']
+FLAGS = ['-O3', '-fno-trapping-math', '-fno-math-errno', '-shared', '-fPIC', '-std=c++17', '-Wno-psabi']
+THREADS = {'OpenMP': ['-fopenmp'], 'std::thread': ['-pthread']}  # how the kernel runs threads: the first that builds
 _library = None  # the loaded library; False once building it has failed
 
 def kernels_dir() -> Path:
@@ -29,6 +30,17 @@ def kernels_dir() -> Path:
 def build_target() -> str:
     "What the kernel is compiled for (`-march=`): `$SASA_FASTAI_MARCH`, else `native` (this machine's instruction set)."
     return os.environ.get('SASA_FASTAI_MARCH', '').strip() or 'native'
+
+def compiler() -> str:
+    "The C++ compiler that builds the kernel: `$CXX`, else `c++`."
+    return os.environ.get('CXX', '').strip() or 'c++'
+
+def target_flag(target, # a `-march` value, e.g. `build_target()`
+                machine=None, system=None): # default: this one's (`platform.machine()`, `platform.system()`)
+    "The compiler flag for `target`: `-march=`, except `native` on ARM (`-mcpu=`; Apple's clang names the core)."
+    machine, system = machine or platform.machine(), system or platform.system()
+    if target != 'native' or machine.lower() not in ('arm64', 'aarch64'): return f'-march={target}'
+    return '-mcpu=apple-m1' if system == 'Darwin' else '-mcpu=native'  # (every Apple core has the same 128-bit NEON)
 
 def _cpu_tag():
     "Something that changes when the CPU's instruction set does (the default build uses -march=native)."
@@ -80,13 +92,28 @@ def _fsynced(path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
+def _compile(out, target, verbose):
+    "Compile the kernel into `out` with the first of `THREADS` the compiler takes; which one, or the last error."
+    failed = None
+    for threads, flags in THREADS.items():
+        cmd = [compiler(), *FLAGS, *flags, target_flag(target), str(source_file()), '-o', str(out)]
+        try: subprocess.run(cmd, check=True, capture_output=not verbose, text=True)
+        except subprocess.CalledProcessError as e:
+            failed = failed or e  # the first error (OpenMP's) is the one to report if nothing builds
+            continue
+        if failed is not None:
+            err = [l.strip() for l in (failed.stderr or '').splitlines() if l.strip()]
+            warnings.warn(f"sasa_fastai: {compiler()} cannot build with OpenMP ({err[-1] if err else 'it failed'}); "
+                          f"the CPU kernel runs its threads with {threads} instead")
+        return threads
+    raise failed
+
 def _build(so, target, verbose):
     "Compile into a temporary file, flush it, then rename it into place and record its hash beside it."
     so.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=so.parent) as tmp:
         out, sig = Path(tmp) / so.name, Path(tmp) / _signature(so).name
-        cmd = [os.environ.get('CXX', 'c++'), *FLAGS, f'-march={target}', str(source_file()), '-o', str(out)]
-        subprocess.run(cmd, check=True, capture_output=not verbose, text=True)
+        _compile(out, target, verbose)
         sig.write_text(_digest(out))
         _fsynced(out); _fsynced(sig)
         os.replace(out, so)  # atomic: parallel processes never load a half-written file
@@ -102,14 +129,22 @@ def _trusted(so):
 # %% ../nbs/02_native.ipynb #d6b217d6
 _failure = None  # why the kernel could not be built, in words
 
+def install_hint(system=None # default: this one's (`platform.system()`)
+                ) -> str:
+    "What to install for a C++ compiler on `system`."
+    system = system or platform.system()
+    if system == 'Darwin': return "install Xcode's command-line tools (xcode-select --install)"
+    if system == 'Windows':
+        return "install Visual Studio Build Tools with its 'C++ Clang tools' (clang++), or MinGW-w64's g++, and set CXX"
+    return 'install g++ (Debian/Ubuntu: build-essential; Fedora: gcc-c++)'
+
 def _why(e, so):
     "One line on why building or loading the kernel failed, naming what to do."
     if isinstance(e, subprocess.CalledProcessError):
         err = [l for l in (e.stderr or '').splitlines() if l.strip()]
         return f"the compiler failed ({err[-1].strip() if err else f'exit status {e.returncode}'})"
-    if isinstance(e, FileNotFoundError) and e.filename == os.environ.get('CXX', 'c++'):
-        return (f"needs a C++ compiler, and {e.filename!r} was not found: install g++ (Debian/Ubuntu: "
-                "build-essential), or set CXX")
+    if isinstance(e, FileNotFoundError) and e.filename == compiler():
+        return f"needs a C++ compiler, and {e.filename!r} was not found: {install_hint()}, or set CXX"
     if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
         return (f"cannot write the kernel folder {so.parent} ({e.strerror}): set SASA_FASTAI_KERNELS to a writable "
                 "folder")
@@ -118,13 +153,13 @@ def _why(e, so):
 # %% ../nbs/02_native.ipynb #c1d2e3f4
 def native_library(verbose=False # show the compiler's output
                   ):
-    "The compiled kernel (built on first use, once per machine, target and source version), or `None` if it cannot be."
+    "The compiled kernel (built on first use, once per machine, compiler, target and source version), or `None`."
     global _library, _failure
     if _library is not None: return _library or None
     so = None
     try:
         target = check_target(build_target())
-        key = hashlib.sha256((source_file().read_text() + ' '.join(FLAGS) + target + _cpu_tag()).encode())
+        key = hashlib.sha256(' '.join([source_file().read_text(), compiler(), *FLAGS, target, _cpu_tag()]).encode())
         so = kernels_dir() / f'sasa_cpu_{key.hexdigest()[:16]}.so'
         if not _trusted(so):
             if so.exists():
@@ -135,7 +170,7 @@ def native_library(verbose=False # show the compiler's output
         for fn in ('sasa_forward_f32', 'sasa_forward_f64', 'sasa_backward_f32', 'sasa_backward_f64'):
             getattr(lib, fn).restype = None
         lib.sasa_fma_peak.restype = ctypes.c_double
-        lib.sasa_isa.restype = ctypes.c_char_p
+        lib.sasa_isa.restype = lib.sasa_threads.restype = ctypes.c_char_p
         _library = lib
     except Exception as e:
         _failure = _why(e, so or kernels_dir() / 'sasa_cpu.so')
@@ -150,10 +185,11 @@ def unavailable_reason() -> str|None:
 
 # %% ../nbs/02_native.ipynb #c4e2f9b1
 def build_info() -> dict:
-    "What the loaded kernel was compiled for: the `-march` target and the vector instructions it uses."
+    "What the loaded kernel was compiled for: the `-march` target, its vector instructions and how it runs threads."
     lib = native_library()
-    if lib is None: return dict(target=build_target(), isa=None, vector_bytes=None)
-    return dict(target=build_target(), isa=lib.sasa_isa().decode(), vector_bytes=lib.sasa_vector_bytes())
+    if lib is None: return dict(target=build_target(), isa=None, vector_bytes=None, threads=None)
+    return dict(target=build_target(), isa=lib.sasa_isa().decode(), vector_bytes=lib.sasa_vector_bytes(),
+                threads=lib.sasa_threads().decode())
 
 # %% ../nbs/02_native.ipynb #4b1c9a55
 def _ptrs(*ts): return [ctypes.c_void_p(0 if t is None else t.data_ptr()) for t in ts]

@@ -10,15 +10,15 @@ from .checks import check_choice
 from .core import project, project_backward, memory_format, pixel_weights
 
 # %% auto #0
-__all__ = ['OP_BACKENDS', 'backend_fns', 'stat_dtype', 'sasa_fwd', 'sasa_bwd']
+__all__ = ['KERNELS', 'kernel_fns', 'stat_dtype', 'sasa_fwd', 'sasa_bwd']
 
 # %% ../nbs/05_ops.ipynb #795f7cab
-OP_BACKENDS = ('native', 'triton')
+KERNELS = ('native', 'triton')
 
-def backend_fns(backend # 'native' or 'triton'
+def kernel_fns(kernel # 'native' or 'triton'
               ):
-    "The `(forward, backward)` kernel pair of an op backend."
-    if check_choice('backend', backend, OP_BACKENDS) == 'native':
+    "The `(forward, backward)` functions of a kernel."
+    if check_choice('kernel', kernel, KERNELS) == 'native':
         from sasa_fastai.native import native_forward, native_backward
         return native_forward, native_backward
     from sasa_fastai.triton_kernels import triton_forward, triton_backward
@@ -29,8 +29,8 @@ def stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 # %% ../nbs/05_ops.ipynb #9fce28e1
-def _forward(x, w_qkv, rel_h, rel_w, masked, inference, backend):
-    forward, _ = backend_fns(backend)
+def _forward(x, w_qkv, rel_h, rel_w, masked, inference, kernel):
+    forward, _ = kernel_fns(kernel)
     with torch.autocast(x.device.type, enabled=False):
         out, lse, w = forward(project(x, w_qkv), rel_h, rel_w, rel_h.shape[1], masked, inference)
     w = pixel_weights(w.to(stat_dtype(x))).contiguous() if w is not None else x.new_empty(0, dtype=stat_dtype(x))
@@ -43,29 +43,29 @@ def sasa_fwd(x:Tensor, # input `[B, ni, H, W]`
              rel_w:Tensor, # column-offset table `[k, N, d/2]`
              masked:bool, # leave out-of-image positions out of the softmax
              inference:bool, # also return the weights
-             backend:str # 'native' or 'triton' (the CPU's choice; CUDA always runs 'triton')
+             kernel:str # 'native' or 'triton' (the CPU's choice; CUDA always runs 'triton')
             ) -> tuple[Tensor, Tensor, Tensor]:
     "SASA forward: output, log-sum-exp, weights (empty unless `inference`)."
     raise NotImplementedError(f'sasa_fastai has no SASA kernel for {x.device.type} tensors; use the CPU or CUDA')
 
 @sasa_fwd.register_kernel('cpu')
-def _(x, w_qkv, rel_h, rel_w, masked, inference, backend):
-    return _forward(x, w_qkv, rel_h, rel_w, masked, inference, backend)
+def _(x, w_qkv, rel_h, rel_w, masked, inference, kernel):
+    return _forward(x, w_qkv, rel_h, rel_w, masked, inference, kernel)
 
 @sasa_fwd.register_kernel('cuda')
-def _(x, w_qkv, rel_h, rel_w, masked, inference, backend):
+def _(x, w_qkv, rel_h, rel_w, masked, inference, kernel):
     return _forward(x, w_qkv, rel_h, rel_w, masked, inference, 'triton')
 
 @sasa_fwd.register_fake
-def _(x, w_qkv, rel_h, rel_w, masked, inference, backend):
+def _(x, w_qkv, rel_h, rel_w, masked, inference, kernel):
     (B, _, H, W), (K, N), C = x.shape, rel_h.shape[:2], w_qkv.shape[0] // 3
     out = x.new_empty(B, C, H, W).contiguous(memory_format=memory_format(x))
     w = x.new_empty(B, N, H, W, K, K, dtype=stat_dtype(x)) if inference else x.new_empty(0, dtype=stat_dtype(x))
     return out, x.new_empty(B, N, H, W, dtype=stat_dtype(x)), w
 
 # %% ../nbs/05_ops.ipynb #60bfae1e
-def _backward(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, backend):
-    _, backward = backend_fns(backend)
+def _backward(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, kernel):
+    _, backward = kernel_fns(kernel)
     with torch.autocast(x.device.type, enabled=False):
         dqkv, drel_h, drel_w = backward(project(x, w_qkv), rel_h, rel_w, rel_h.shape[1], masked, out, lse, dout)
         dx, dw_qkv = project_backward(x, w_qkv, dqkv)
@@ -74,36 +74,36 @@ def _backward(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, backend):
 
 @torch.library.custom_op('sasa_fastai::sasa_bwd', mutates_args=())
 def sasa_bwd(dout:Tensor, x:Tensor, w_qkv:Tensor, rel_h:Tensor, rel_w:Tensor, out:Tensor, lse:Tensor, masked:bool,
-             backend:str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+             kernel:str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     "SASA backward: gradients of `x`, `w_qkv`, `rel_h`, `rel_w` from the gradient of the output."
     raise NotImplementedError(f'sasa_fastai has no SASA kernel for {x.device.type} tensors; use the CPU or CUDA')
 
 @sasa_bwd.register_kernel('cpu')
-def _(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, backend):
-    return _backward(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, backend)
+def _(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, kernel):
+    return _backward(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, kernel)
 
 @sasa_bwd.register_kernel('cuda')
-def _(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, backend):
+def _(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, kernel):
     return _backward(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, 'triton')
 
 @sasa_bwd.register_fake
-def _(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, backend):
+def _(dout, x, w_qkv, rel_h, rel_w, out, lse, masked, kernel):
     return (torch.empty_like(x, memory_format=memory_format(x)), torch.empty_like(w_qkv), torch.empty_like(rel_h),
             torch.empty_like(rel_w))
 
 # %% ../nbs/05_ops.ipynb #3dd75e98
 def _setup_context(ctx, inputs, output):
-    x, w_qkv, rel_h, rel_w, masked, inference, backend = inputs
+    x, w_qkv, rel_h, rel_w, masked, inference, kernel = inputs
     out, lse, _ = output
     ctx.save_for_backward(x, w_qkv, rel_h, rel_w, out, lse)
-    ctx.masked, ctx.backend = masked, backend
+    ctx.masked, ctx.kernel = masked, kernel
 
 def _grad(ctx, dout, dlse, dweights):
     x, w_qkv, rel_h, rel_w, out, lse = ctx.saved_tensors
     if dout is None: return None, None, None, None, None, None, None
     dout = dout.contiguous(memory_format=memory_format(out))
     dx, dw_qkv, drel_h, drel_w = sasa_bwd(dout, x, w_qkv, rel_h, rel_w, out, lse,
-                              ctx.masked, ctx.backend)
+                              ctx.masked, ctx.kernel)
     return dx, dw_qkv, drel_h, drel_w, None, None, None
 
 sasa_fwd.register_autograd(_grad, setup_context=_setup_context)

@@ -19,34 +19,31 @@
 #include <vector>
 #include <algorithm>
 #include <limits>
-#include <omp.h>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #endif
 
 // Denormal numbers (below ~1e-38 in float32) appear as training goes on (tiny weights times tiny values) and make x86
-// arithmetic many times slower. Each thread of the kernel treats them as zero while it runs, then restores its state.
+// arithmetic many times slower. Each thread of the kernel treats them as zero while it runs, then restores its state
+// (on ARM too, so that both compute the same numbers).
 struct FlushDenormals {
 #if defined(__SSE__) || defined(__x86_64__)
   unsigned int saved = _mm_getcsr();
   FlushDenormals() { _mm_setcsr(saved | 0x8040); }  // flush-to-zero (bit 15) and denormals-are-zero (bit 6)
   ~FlushDenormals() { _mm_setcsr(saved); }
+#elif defined(__aarch64__)
+  uint64_t saved = fpcr();
+  FlushDenormals() { set_fpcr(saved | (1ull << 24)); }  // FZ (bit 24): denormal inputs and results are zero
+  ~FlushDenormals() { set_fpcr(saved); }
+  static uint64_t fpcr() { uint64_t v; asm volatile("mrs %0, fpcr" : "=r"(v)); return v; }
+  static void set_fpcr(uint64_t v) { asm volatile("msr fpcr, %0" : : "r"(v)); }
 #endif
 };
 
-static inline float exp_(float x) {
-  // exp(x) for x <= ~0, branch-free so that loops vectorise (Cephes polynomial, relative error ~2e-7); 0 below -87.
-  const float y = std::max(x, -87.0f);
-  const float n = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = y - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = ((int32_t)n + 127) << 23;
-  float s; std::memcpy(&s, &bits, 4);
-  return x < -87.0f ? 0.0f : p * s;
-}
 static inline double exp_(double x) { return std::exp(x); }
 
 static inline float log_(float x) {
@@ -71,16 +68,43 @@ static inline double log_(double x) { return std::log(x); }
 
 // Where the time goes (`sasa_bench`'s breakdown): when the caller passes a `prof` array, each thread adds the seconds
 // it spent in each phase of the kernel to it (PHASES_FWD / PHASES_BWD entries); with `prof` null nothing is timed.
+static double seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 struct Timer {
   double* acc; double t;
-  explicit Timer(double* a) : acc(a), t(a ? omp_get_wtime() : 0) {}
-  void lap(int phase) { if (acc) { const double now = omp_get_wtime(); acc[phase] += now - t; t = now; } }
+  explicit Timer(double* a) : acc(a), t(a ? seconds() : 0) {}
+  void lap(int phase) { if (acc) { const double now = seconds(); acc[phase] += now - t; t = now; } }
 };
+static std::mutex profile_lock;
 static void add_profile(double* prof, const double* mine, int n) {
   if (!prof) return;
-#pragma omp critical
+  std::lock_guard<std::mutex> hold(profile_lock);
   for (int i = 0; i < n; ++i) prof[i] += mine[i];
 }
+
+// Threads: OpenMP where the compiler has it (`-fopenmp`), else std::thread (Apple's clang has no OpenMP); native.py
+// builds with the first that compiles and says which (`sasa_threads`). `parallel(n, body)` runs body() on n threads
+// at once; the threads take tasks one at a time from a shared `Tasks` counter, so a head that finishes early takes the
+// next (which (image, head) a thread computes never changes a result: every task writes only its own outputs).
+template <typename F> static void parallel(int nthreads, F&& body) {
+  nthreads = std::max(nthreads, 1);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nthreads)
+  body();
+#else
+  std::vector<std::thread> others;
+  for (int i = 1; i < nthreads; ++i) others.emplace_back([&body] { body(); });
+  body();
+  for (std::thread& t : others) t.join();
+#endif
+}
+struct Tasks {
+  std::atomic<long> next{0};
+  const long n;
+  explicit Tasks(long n) : n(n) {}
+  bool take(long& t) { t = next.fetch_add(1, std::memory_order_relaxed); return t < n; }
+};
 constexpr int PHASES_FWD = 4;  // set-up (padded planes, relative logits), logits, softmax, weighted sum of values
 constexpr int PHASES_BWD = 5;  // set-up, logits (recomputed), d logits (dout.v, softmax), dq and the tables, key pass
 
@@ -191,8 +215,8 @@ template <typename T> using V = typename Lanes<T>::V;
 template <typename T> static inline V<T> vload(const T* p) { V<T> v; std::memcpy(&v, p, sizeof v); return v; }
 template <typename T> static inline void vstore(T* p, V<T> v) { std::memcpy(p, &v, sizeof v); }
 template <typename VT> static inline VT vmax(VT a, VT b) { return a > b ? a : b; }
-// exp_ of every lane: the float version in vector instructions (the same Cephes polynomial and the same rounding as the
-// scalar exp_, so a lane and the scalar agree bit for bit); float64, which only the tests use, lane by lane.
+// exp of every lane, for x <= ~0 (softmax logits minus their maximum). float32: branch-free in vector instructions, the
+// Cephes polynomial (relative error ~2e-7), 0 below -87; float64, which only the tests use, lane by lane.
 static inline V<double> vexp(V<double> x) {
   V<double> r;
   for (int j = 0; j < JB; ++j) r[j] = exp_(x[j]);
@@ -340,8 +364,8 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
   const int K = P.K, KK = K * K, W = P.W, D = P.D, Wr = P.Wr();
   const long HW = P.HW();
   const std::vector<long> off = offsets(P, false);
-#pragma omp parallel num_threads(nthreads)
-  {
+  Tasks tasks((long)P.B * P.N);
+  parallel(nthreads, [&] {
     FlushDenormals ftz;
     Scratch<T>& S = scratch<T>();
     std::vector<T>& lo = S.lo;
@@ -351,8 +375,7 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
     HeadPlanes<T>& hp = S.hp;
     double mine[PHASES_FWD] = {};
     Timer tm(prof ? mine : nullptr);
-#pragma omp for schedule(dynamic)
-    for (long t = 0; t < (long)P.B * P.N; ++t) {
+    for (long t; tasks.take(t);) {
       const int b = t / P.N, n = t % P.N;
       const long hd = P.head(b, n);
       hp.load(P, b, n);
@@ -386,7 +409,7 @@ static void forward(const Problem<T>& P, T* out, T* lse, T* wts, int nthreads, d
       }
     }
     add_profile(prof, mine, PHASES_FWD);
-  }
+  });
 }
 
 // Backward, per (image, head). Query pass: recompute the weights p from the log-sum-exp, ds = p * (dout.v - dsum)
@@ -403,8 +426,8 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
   const long HW = P.HW();
   const long Wq = Wr + 2 * h, slot = KK * Wq;  // a ring row: h zeros, a query row in whole blocks, h zeros
   const std::vector<long> off = offsets(P, false), qoff = offsets(P, true);
-#pragma omp parallel num_threads(nthreads)
-  {
+  Tasks tasks((long)P.B * P.N);
+  parallel(nthreads, [&] {
     FlushDenormals ftz;
     Scratch<T>& S = scratch<T>();
     std::vector<T> &dsm = S.dsm, &lsr = S.lsr, &gr = S.gr, &Ps = S.Ps, &Gs = S.Gs;
@@ -432,8 +455,7 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
       window_sum(P, grows.data(), Q, (long)ii * Wp, qoff.data(), DK + (long)ii * W);
       window_sum(P, prows.data(), Go, (long)ii * Wp, qoff.data(), DV + (long)ii * W);
     };
-#pragma omp for schedule(dynamic)
-    for (long t = 0; t < (long)P.B * P.N; ++t) {
+    for (long t; tasks.take(t);) {
       const int b = t / P.N, n = t % P.N;
       const long hd = P.head(b, n);
       hp.load(P, b, n);
@@ -509,7 +531,7 @@ static void backward(const Problem<T>& P, const T* out, const T* lse, const T* d
       tm.lap(4);
     }
     add_profile(prof, mine, PHASES_BWD);
-  }
+  });
 }
 
 #define SASA_API(T, SFX)                                                                                              \
@@ -534,22 +556,33 @@ SASA_API(double, f64)
 // FMA units' latency, e.g. 2 units x 4 cycles, few enough to leave room for the two constants, so nothing spills).
 constexpr int FMA_CHAINS = VEC_REGS - 4;
 extern "C" double sasa_fma_peak(int nthreads, long iters) {
-  double start = omp_get_wtime(), sink = 0;
-#pragma omp parallel num_threads(nthreads) reduction(+ : sink)
-  {
+  const double start = seconds();
+  double sink = 0;
+  std::mutex lock;
+  parallel(nthreads, [&] {
     V<float> acc[FMA_CHAINS], a, c;
     for (int j = 0; j < JB; ++j) { a[j] = 0.999999f; c[j] = 1e-7f; }
     for (int r = 0; r < FMA_CHAINS; ++r) for (int j = 0; j < JB; ++j) acc[r][j] = 1.0f + 1e-3f * (r * JB + j);
     for (long it = 0; it < iters; ++it)
       for (int r = 0; r < FMA_CHAINS; ++r) acc[r] = acc[r] * a + c;  // contracted to one FMA (-ffp-contract=fast)
-    for (int r = 0; r < FMA_CHAINS; ++r) for (int j = 0; j < JB; ++j) sink += acc[r][j];
-  }
-  const double secs = omp_get_wtime() - start;
+    double mine = 0;
+    for (int r = 0; r < FMA_CHAINS; ++r) for (int j = 0; j < JB; ++j) mine += acc[r][j];
+    std::lock_guard<std::mutex> hold(lock);
+    sink += mine;
+  });
+  const double secs = seconds() - start;
   return sink > 0 ? (double)nthreads * iters * FMA_CHAINS * JB / secs : 0;  // (sink keeps the loop from being removed)
 }
 
-// What this build computes with: its vector width in bytes and the widest vector instructions it was compiled for
-// (native.build_info, the benchmark's rows, the tests).
+// What this build computes with: its vector width in bytes, the widest vector instructions it was compiled for and
+// how it runs threads (native.build_info, the benchmark's rows, the tests).
+extern "C" const char* sasa_threads() {
+#if defined(_OPENMP)
+  return "OpenMP";
+#else
+  return "std::thread";
+#endif
+}
 extern "C" int sasa_vector_bytes() { return VEC_BYTES; }
 extern "C" const char* sasa_isa() {
 #if defined(__AVX512F__)
