@@ -92,10 +92,11 @@ def backend_for(backend, # one of `BACKEND_NAMES`
     auto = next(b for b in BACKENDS.values() if {device, '*'} & set(b.auto_on) and
                 b.can_run(device, dtype, inference) is None)
     if backend != 'auto': _say_once(f"backend={backend!r} {why}; using {auto.name!r} instead")
-    elif not auto.fused:
-        whys = [f'{b.name} {w}' for b in BACKENDS.values() if b.fused and (w := b.can_run(device, dtype, inference))]
-        _say_once(f"no fused SASA kernel runs on {device} tensors of {str(dtype)[6:]} ({'; '.join(whys)}): using "
-                  f"{auto.name!r} (standard PyTorch operators, k² logits per pixel in memory)")
+    elif not auto.fused:  # (a kernel that could not be built has said so, with the fix, when it failed)
+        whys = [f'{b.name} {w}' for b in BACKENDS.values() if b.fused and
+                (w := b.can_run(device, dtype, inference)) and not w.startswith('is unavailable')]
+        if whys: _say_once(f"no fused SASA kernel runs on {device} tensors of {str(dtype)[6:]} ({'; '.join(whys)}): "
+                           f"using {auto.name!r} (standard PyTorch operators, k² logits per pixel in memory)")
     return auto.name
 
 def pick_backend(backend, # one of `BACKEND_NAMES`
@@ -125,6 +126,9 @@ def sasa_attention(x, # input `[B, ni, H, W]`
                    inference=False # also return the weights `[B, N, H, W, k, k]`
                   ):
     "SASA: project to q, k, v; for every pixel, softmax over its k x k window of `q.k + q.r`; weighted sum of values."
+    (B, _, H, W), (K, N) = x.shape, rel_h.shape[:2]
+    if B == 0:  # an empty batch: an empty output, as a convolution gives
+        return x.new_empty(0, w_qkv.shape[0] // 3, H, W), (x.new_empty(0, N, H, W, K, K) if inference else None)
     dtype, fn = x.dtype, BACKENDS[pick_backend(backend, x, inference)].fn
     x, w_qkv, rel_h, rel_w = _cast(x, w_qkv, rel_h, rel_w)
     with torch.autocast(x.device.type, enabled=False) if x.device.type in ('cpu', 'cuda') else nullcontext():

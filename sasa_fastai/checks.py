@@ -124,6 +124,9 @@ def check_input(x, # the tensor given to a layer
     if shape[1] != in_channels:
         raise ValueError(f'{layer} expected {in_channels} input channels (in_channels={in_channels}), got '
                          f'{shape[1]} in {list(shape)}')
+    if 0 in shape[2:]:
+        raise ValueError(f'{layer} got an image of {shape[2]}x{shape[3]} pixels in {list(shape)}: every image needs '
+                         'at least one row and one column')
 
 # %% ../nbs/00_checks.ipynb #a0de0328
 def check_pretrained(pretrained # the `pretrained` argument of a model constructor
@@ -154,6 +157,8 @@ def check_file(name, # the argument's name
                what='a file' # what the file should be, for the message
               ) -> Path:
     "`Path(path)` if it is an existing, readable file; else `invalid(...)`."
+    if '://' in str(path):
+        raise invalid(name, str(path), f'{what} on this computer, and {path} is a URL: download it first')
     p = Path(path).expanduser()
     if not p.exists(): raise invalid(name, str(path), f'{what}, and {p} does not exist')
     if not p.is_file(): raise invalid(name, str(path), f'{what}, and {p} is a folder')

@@ -70,8 +70,12 @@ def digits_folder(root=None # cache root; default `$SASA_FASTAI_DATA` or `~/.cac
     "sklearn's handwritten digits as an Imagenette-style image folder, written once (atomically) and reused."
     dest = data_root(root) / DIGITS_FOLDER
     if (dest / 'train').is_dir() and (dest / 'val').is_dir(): return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix='.digits-', dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix='.digits-', dir=dest.parent))
+    except OSError as e:  # a read-only home, a full disk, ...
+        raise OSError(f'cannot write the data folder {dest.parent} ({e.strerror}): set SASA_FASTAI_DATA to a '
+                      'writable folder') from None
     try:
         _write_digits(tmp)
         try: tmp.rename(dest)

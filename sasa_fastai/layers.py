@@ -11,9 +11,13 @@ from .core import rel_logits
 from .attention import sasa_attention
 
 # %% auto #0
-__all__ = ['SASA2d', 'SASAStem']
+__all__ = ['NOT_SCRIPTABLE', 'SASA2d', 'SASAStem']
 
 # %% ../nbs/07_layers.ipynb #3dafe2e6
+NOT_SCRIPTABLE = ('torch.jit.script cannot compile SASA layers (their attention chooses a backend in Python and calls '
+                  'a registered op): use torch.jit.trace(model, example), torch.export.export(model, (example,)) or '
+                  'torch.compile(model)')
+
 class SASA2d(nn.Module):
     "Stand-alone self-attention over the `kernel_size` window centred on each pixel (Ramachandran et al. 2019)."
     def __init__(self, in_channels, # input channels
@@ -41,11 +45,12 @@ class SASA2d(nn.Module):
         nn.init.normal_(self.rel_h, std=d ** -0.5)
         nn.init.normal_(self.rel_w, std=d ** -0.5)
 
+    def __prepare_scriptable__(self): raise RuntimeError(NOT_SCRIPTABLE)  # what torch.jit.script calls first
+
     def forward(self, x):
         check_input(x, self.in_channels, 'SASA2d')
-        rel = lambda t: t.view(self.kernel_size, self.num_heads, -1)
-        out, w = sasa_attention(x, self.qkv.weight.flatten(1), rel(self.rel_h), rel(self.rel_w), self.masked,
-                                self.backend, self.inference)
+        rel_h, rel_w = (t.view(self.kernel_size, self.num_heads, -1) for t in (self.rel_h, self.rel_w))
+        out, w = sasa_attention(x, self.qkv.weight.flatten(1), rel_h, rel_w, self.masked, self.backend, self.inference)
         self.attn_weights = None if w is None else w.detach()
         return self.pool(out)
 

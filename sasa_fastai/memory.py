@@ -133,8 +133,9 @@ def check_memory(est # a `MemoryEstimate`
     need = (f'training {est.arch} at {est.size[0]} px with batch {est.bs} needs about {gb(est.total)} (estimated), '
             f'and {gb(est.available)} is available')
     if (b := est.largest_batch()) >= 1:
-        raise invalid('bs', est.bs, f'at most {b} at {est.size[0]} px: {need} (or keep the batch at a size of at '
-                      f'most {est.largest_size()} px)')
+        s = est.largest_size()  # (0 when no size of 32 px or more fits this batch: then the batch is the one to change)
+        raise invalid('bs', est.bs, f'at most {b} at {est.size[0]} px: {need}' +
+                      (f' (or keep the batch at a size of at most {s} px)' if s >= 32 else ''))
     s = est.largest_size()
     raise invalid('size', est.size[0], (f'at most {s} px at batch {est.bs}: ' if s >= 32 else 'smaller: ') + need)
 
