@@ -71,6 +71,7 @@ BACKENDS = {b.name: b for b in (  # in `auto`'s order of preference
     Backend('reference', _on_qkv(reference_backend), _anywhere))}
 BACKEND_NAMES = ('auto', *BACKENDS)
 
+# %% ../nbs/06_attention.ipynb #b1c2d3e4
 def _onnx_exporting():
     "Whether `torch.onnx.export` is tracing (never, if `torch.onnx` was not even imported)."
     onnx = sys.modules.get('torch.onnx')

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['FLAGS', 'THREADS', 'X86_LEVELS', 'PHASES', 'source_file', 'kernels_dir', 'build_target', 'compiler', 'target_flag',
-           'cpu_flags', 'x86_levels', 'check_target', 'install_hint', 'native_library', 'unavailable_reason',
-           'build_info', 'native_forward', 'native_backward', 'fma_peak']
+__all__ = ['FLAGS', 'THREADS', 'X86_LEVELS', 'C_API', 'PHASES', 'source_file', 'kernels_dir', 'build_target', 'compiler',
+           'target_flag', 'cpu_flags', 'x86_levels', 'check_target', 'install_hint', 'native_library',
+           'unavailable_reason', 'build_info', 'native_forward', 'native_backward', 'fma_peak']
 
 # %% ../nbs/02_native.ipynb #5e59352b
 def source_file() -> Path:
@@ -150,6 +150,39 @@ def _why(e, so):
                 "folder")
     return str(e) if isinstance(e, RuntimeError) else f'{type(e).__name__}: {e}'
 
+# %% ../nbs/02_native.ipynb #c0a1b2c3
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+_PROBLEM = [('q', _P), ('k', _P), ('v', _P), ('rel_h', _P), ('rel_w', _P), ('bs', _L), ('B', _I), ('N', _I),
+            ('D', _I), ('H', _I), ('W', _I), ('K', _I), ('masked', _I)]
+C_API = {  # the kernel's C functions, as `sasa_cpu.cpp` declares them: name -> (result type, [(argument, type)])
+    'sasa_forward': (None, _PROBLEM + [('out', _P), ('lse', _P), ('wts', _P), ('nthreads', _I), ('prof', _P)]),
+    'sasa_backward': (None, _PROBLEM + [('out', _P), ('lse', _P), ('dout', _P), ('dq', _P), ('dk', _P), ('dv', _P),
+                                        ('gbs', _L), ('drel', _P), ('nthreads', _I), ('prof', _P)]),
+    'sasa_fma_peak': (ctypes.c_double, [('nthreads', _I), ('iters', _L)]),
+    'sasa_vector_bytes': (ctypes.c_int, []), 'sasa_isa': (ctypes.c_char_p, []), 'sasa_threads': (ctypes.c_char_p, [])}
+_TYPED = ('sasa_forward', 'sasa_backward')  # one function per dtype: `_f32` and `_f64`
+
+def _declare(lib):
+    "Give every function of `C_API` its argument and result types in `lib` (ctypes then checks each call)."
+    for name, (res, args) in C_API.items():
+        for fn in ([getattr(lib, f'{name}_{t}') for t in ('f32', 'f64')] if name in _TYPED else [getattr(lib, name)]):
+            fn.restype, fn.argtypes = res, [t for _, t in args]
+    return lib
+
+def _call(name, # a key of `C_API`
+          dtype=None, # for `_TYPED` functions: the tensors' dtype (float32 or float64)
+          **args): # every argument of the function, by name; tensors for pointers (`None`: a null pointer)
+    "Call the kernel's C function `name` with `args` in the order `C_API` declares them."
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise TypeError(f'the CPU kernel computes in float32 or float64, not {dtype}')
+    if (lib := native_library()) is None:  # reached only when pick_backend could not look first (torch.compile)
+        raise RuntimeError(f"sasa_fastai's CPU kernel is unavailable ({_failure}); use backend='shift'")
+    params = C_API[name][1]
+    if set(args) != {p for p, _ in params}: raise TypeError(f'{name} takes {[p for p, _ in params]}, got {list(args)}')
+    ptr = lambda o: o.data_ptr() if isinstance(o, torch.Tensor) else o
+    fn = getattr(lib, f"{name}_{'f64' if dtype == torch.float64 else 'f32'}" if name in _TYPED else name)
+    return fn(*(ptr(args[p]) for p, _ in params))
+
 # %% ../nbs/02_native.ipynb #c1d2e3f4
 def native_library(verbose=False # show the compiler's output
                   ):
@@ -166,12 +199,7 @@ def native_library(verbose=False # show the compiler's output
                 warnings.warn(f'sasa_fastai: the cached CPU kernel {so} is damaged or incomplete (its hash is not the '
                               'one recorded when it was built); building it again')
             _build(so, target, verbose)
-        lib = ctypes.CDLL(str(so))
-        for fn in ('sasa_forward_f32', 'sasa_forward_f64', 'sasa_backward_f32', 'sasa_backward_f64'):
-            getattr(lib, fn).restype = None
-        lib.sasa_fma_peak.restype = ctypes.c_double
-        lib.sasa_isa.restype = lib.sasa_threads.restype = ctypes.c_char_p
-        _library = lib
+        _library = _declare(ctypes.CDLL(str(so)))
     except Exception as e:
         _failure = _why(e, so or kernels_dir() / 'sasa_cpu.so')
         warnings.warn(f"sasa_fastai: could not build the CPU kernel: {_failure}; SASA layers use the slower "
@@ -188,26 +216,16 @@ def build_info() -> dict:
     "What the loaded kernel was compiled for: the `-march` target, its vector instructions and how it runs threads."
     lib = native_library()
     if lib is None: return dict(target=build_target(), isa=None, vector_bytes=None, threads=None)
-    return dict(target=build_target(), isa=lib.sasa_isa().decode(), vector_bytes=lib.sasa_vector_bytes(),
-                threads=lib.sasa_threads().decode())
+    return dict(target=build_target(), isa=_call('sasa_isa').decode(), vector_bytes=_call('sasa_vector_bytes'),
+                threads=_call('sasa_threads').decode())
 
 # %% ../nbs/02_native.ipynb #4b1c9a55
-def _ptrs(*ts): return [ctypes.c_void_p(0 if t is None else t.data_ptr()) for t in ts]
-
 def _problem(qkv, rel_h, rel_w, num_heads, masked):
-    "The kernel's leading arguments: pointers to q, k, v and the tables, the batch stride, the sizes."
+    "The arguments that describe the problem: q, k, v (views into `qkv`), the tables, the batch stride, the sizes."
     B, C3, H, W = qkv.shape
     C = C3 // 3
-    dims = [B, num_heads, C // num_heads, H, W, rel_h.shape[0], int(masked)]
-    return (_ptrs(qkv, qkv[:, C:], qkv[:, 2 * C:], rel_h, rel_w) + [ctypes.c_long(qkv.stride(0))] +
-            [ctypes.c_int(o) for o in dims])
-
-def _kernel(name, t):
-    if t.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f'the CPU kernel computes in float32 or float64, not {t.dtype}')
-    if (lib := native_library()) is None:  # reached only when pick_backend could not look first (torch.compile)
-        raise RuntimeError(f"sasa_fastai's CPU kernel is unavailable ({_failure}); use backend='shift'")
-    return getattr(lib, f"sasa_{name}_{'f64' if t.dtype == torch.float64 else 'f32'}")
+    return dict(q=qkv, k=qkv[:, C:], v=qkv[:, 2 * C:], rel_h=rel_h, rel_w=rel_w, bs=qkv.stride(0), B=B, N=num_heads,
+                D=C // num_heads, H=H, W=W, K=rel_h.shape[0], masked=int(masked))
 
 PHASES = {  # what the kernel times when asked (`profile=`): the parts of each pass, in order
     'forward': ('set-up', 'logits', 'softmax', 'weighted sum'),
@@ -232,8 +250,8 @@ def native_forward(qkv, # projection output `[B, 3C, H, W]`
     B, C3, H, W = qkv.shape
     out, lse = qkv.new_empty(B, C3 // 3, H, W), qkv.new_empty(B, num_heads, H, W)
     wts = qkv.new_empty(B, num_heads, rel_h.shape[0] ** 2, H, W) if inference else None
-    _kernel('forward', qkv)(*_problem(qkv, rel_h, rel_w, num_heads, masked), *_ptrs(out, lse, wts),
-                            ctypes.c_int(torch.get_num_threads()), *_ptrs(_checked(profile, 'forward')))
+    _call('sasa_forward', qkv.dtype, **_problem(qkv, rel_h, rel_w, num_heads, masked), out=out, lse=lse, wts=wts,
+          nthreads=torch.get_num_threads(), prof=_checked(profile, 'forward'))
     return out, lse, wts
 
 # %% ../nbs/02_native.ipynb #3fb8f640
@@ -245,9 +263,9 @@ def native_backward(qkv, rel_h, rel_w, num_heads, masked, out, lse, dout, profil
     K, C = rel_h.shape[0], C3 // 3
     dqkv = torch.empty_like(qkv)
     drel = qkv.new_empty(B, num_heads, 2, K, C // num_heads // 2)  # one slot per (image, head): no races
-    _kernel('backward', qkv)(*_problem(qkv, rel_h, rel_w, num_heads, masked), *_ptrs(out, lse, dout),
-                             *_ptrs(dqkv, dqkv[:, C:], dqkv[:, 2 * C:]), ctypes.c_long(dqkv.stride(0)), *_ptrs(drel),
-                             ctypes.c_int(torch.get_num_threads()), *_ptrs(_checked(profile, 'backward')))
+    _call('sasa_backward', qkv.dtype, **_problem(qkv, rel_h, rel_w, num_heads, masked), out=out, lse=lse, dout=dout,
+          dq=dqkv, dk=dqkv[:, C:], dv=dqkv[:, 2 * C:], gbs=dqkv.stride(0), drel=drel,
+          nthreads=torch.get_num_threads(), prof=_checked(profile, 'backward'))
     drel = drel.sum(0).permute(1, 2, 0, 3)  # [2, k, N, d/2]
     return dqkv, *(t.clone(memory_format=torch.contiguous_format) for t in drel)  # an op's outputs may not alias
 
@@ -257,5 +275,5 @@ def fma_peak(threads=None, # threads (default: torch's)
              tries=3 # the best of this many runs (a run that shares the CPU with something else reads low)
             ) -> float: # multiply-adds per second
     "Float32 multiply-adds per second this CPU reaches with `threads` threads (fused multiply-adds in registers)."
-    run = lambda: native_library().sasa_fma_peak(ctypes.c_int(threads or torch.get_num_threads()), ctypes.c_long(iters))
+    run = lambda: _call('sasa_fma_peak', nthreads=threads or torch.get_num_threads(), iters=iters)
     return max(run() for _ in range(tries))

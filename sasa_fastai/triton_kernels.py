@@ -193,10 +193,10 @@ def _pow2(x): return 1 << max(0, int(x) - 1).bit_length()
 def tile_config(H, W, d_pad):
     """Default `(TH, TW, num_warps)` for an H x W image and head size padded to `d_pad`: 8 warps and TH*TW = 2048/d_pad
     pixels (16..256), i.e. 8 float32 per thread in each [d_pad, TH*TW] register array (d <= 8: one pixel per thread
-    with all its channels; larger d: channels split over threads, the channel sums cross threads). ptxas on sm_90
-    gives 48-76 registers for d=8 and 121-128 for d=16..128, without spills. TW in {32, 16, 8, 4}: the widest whose
-    padding of W stays within 15% of the least padding (coalescing along W); TH no taller than the image (fewer warps
-    for tiny images). Forward and backward use the same tiles."""
+    with all its channels; larger d: channels split over threads, the channel sums cross threads). ptxas for sm_75
+    to sm_90 gives 48-76 registers for d=8 and 121-128 for d=16..128, without spills. TW in {32, 16, 8, 4}: the
+    widest whose padding of W stays within 15% of the least padding (coalescing along W); TH no taller than the
+    image (fewer warps for tiny images). Forward and backward use the same tiles."""
     bp = max(16, min(256, 2048 // d_pad))
     cands = [tw for tw in (32, 16, 8, 4) if tw <= bp]
     padded = {tw: -(-W // tw) * tw for tw in cands}
