@@ -17,10 +17,10 @@ from .native import build_info, x86_levels
 
 # %% auto #0
 __all__ = ['LAYERS', 'LAYER_SHAPES', 'MEMORY_ENV', 'TIME_ENV', 'CAPPED_ENV', 'BREAKDOWN_SHAPES', 'BENCH_ARCHS', 'layer_case',
-           'model_case', 'case_name', 'make_step', 'peak_rss_mib', 'beside', 'measure', 'run_case', 'bench_levels',
-           'level_env', 'breakdown_case', 'breakdown', 'breakdown_markdown', 'bench_cases', 'layer_markdown',
-           'model_markdown', 'target', 'targets_text', 'check_targets', 'cpu_name', 'cpu_isa', 'machine_info',
-           'machine_line', 'bench_markdown', 'benchmark', 'memory_rows', 'memory_markdown']
+           'model_case', 'case_name', 'make_step', 'peak_rss_mib', 'timed_ms', 'beside', 'measure', 'run_case',
+           'bench_levels', 'level_env', 'breakdown_case', 'breakdown', 'breakdown_markdown', 'bench_cases',
+           'layer_markdown', 'model_markdown', 'target', 'targets_text', 'check_targets', 'cpu_name', 'cpu_isa',
+           'machine_info', 'machine_line', 'bench_markdown', 'benchmark', 'memory_rows', 'memory_markdown']
 
 # %% ../nbs/15_benchmark.ipynb #f564959b
 LAYERS = ('sasa', 'reference', 'conv')
@@ -137,7 +137,7 @@ def _peak_memory(step, sync, cuda):
     return peak_rss_mib() - base, base, reset
 
 # %% ../nbs/15_benchmark.ipynb #f4f0391a
-def _timed_ms(step, sync, n):
+def timed_ms(step, sync, n):
     "Milliseconds of each of `n` calls of `step` (`sync` before and after each)."
     times = []
     for _ in range(n):
@@ -162,17 +162,17 @@ def measure(spec, # a case from `layer_case` or `model_case`
     if spec['kind'] == 'breakdown': return breakdown(spec, warmup, repeats)
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
     step = make_step(spec, device)
-    first_ms = _timed_ms(step, sync, 1)[0]  # the first call: lazy set-up and kernel compilation included
+    first_ms = timed_ms(step, sync, 1)[0]  # the first call: lazy set-up and kernel compilation included
     _release_memory()
     peak, base, reset = _peak_memory(step, sync, device == 'cuda') if memory else (None, None, None)
-    times = _timed_ms(step, sync, warmup + repeats)[warmup:] if timing else []  # the warm-up calls' times dropped
+    times = timed_ms(step, sync, warmup + repeats)[warmup:] if timing else []  # the warm-up calls' times dropped
     res = dict(spec=spec, device=device, threads=torch.get_num_threads(), warmup=warmup, repeats=repeats,
                time_ms=statistics.median(times) if times else None, times_ms=times, first_ms=first_ms, peak_mib=peak,
                base_mib=base, peak_reset=reset)
     if spec['kind'] == 'model' and times: res['images_per_s'] = spec['batch'] / res['time_ms'] * 1e3
     if timing and beside(spec):  # its partner, timed right after in this process
         other = make_step(beside(spec), device)
-        res['beside_ms'] = statistics.median(_timed_ms(other, sync, warmup + repeats)[warmup:])
+        res['beside_ms'] = statistics.median(timed_ms(other, sync, warmup + repeats)[warmup:])
     if device == 'cpu': res['build'] = build_info()
     if spec['kind'] == 'layer' and spec['layer'] == 'sasa':
         res['backend'] = pick_backend('auto', torch.zeros(1, device=device))

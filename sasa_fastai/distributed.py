@@ -5,6 +5,7 @@
 # %% ../nbs/08a_distributed.ipynb #85de3c9f
 from __future__ import annotations
 import os
+from contextlib import contextmanager
 import torch
 
 # %% auto #0
@@ -27,12 +28,16 @@ def _broadcast_any_backend(self, t, rank):
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
 
+@contextmanager
 def distrib_training(learn # a `Learner`, its data on the GPU (one per process) or on the CPU
                     ):
     "fastai's `distrib_ctx` for this process: DDP over NCCL with SyncBatchNorm on GPUs, over gloo on CPUs."
-    try: import fastai.distributed  # patches Learner.distrib_ctx
+    try: from fastai.distributed import DistributedDL  # (fastai.distributed adds Learner.distrib_ctx)
     except NameError as e:  # fastai.distributed fails this way when the `accelerate` package is missing
         raise ImportError('multi-process training needs the `accelerate` package: pip install accelerate') from e
-    fastai.distributed.DistributedDL._broadcast = _broadcast_any_backend
     cuda = torch.device(learn.dls.device or 'cpu').type == 'cuda'
-    return learn.distrib_ctx(sync_bn=cuda, cpu=not cuda)
+    fastais = DistributedDL._broadcast
+    DistributedDL._broadcast = _broadcast_any_backend
+    try:
+        with learn.distrib_ctx(sync_bn=cuda, cpu=not cuda): yield learn
+    finally: DistributedDL._broadcast = fastais

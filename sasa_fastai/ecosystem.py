@@ -4,41 +4,20 @@
 
 # %% ../nbs/18_ecosystem.ipynb #89ed8e2d
 from __future__ import annotations
-import importlib.abc, importlib.util, sys, warnings
+import importlib.util, sys, warnings  # (nothing heavy: `import sasa_fastai` imports this module)
 
 # %% auto #0
-__all__ = ['TIMM_NAMES', 'default_cfgs', 'when_imported', 'fastai_split', 'register_fastai', 'sasa_resnet26', 'sasa_resnet38',
-           'sasa_resnet50', 'sasa_resnet101', 'register_timm', 'onnx_speed', 'onnx_speed_markdown']
+__all__ = ['TIMM_NAMES', 'default_cfgs', 'LIBRARIES', 'fastai_split', 'register_fastai', 'register_timm', 'register_imported',
+           'register', 'onnx_speed', 'onnx_speed_markdown']
 
 # %% ../nbs/18_ecosystem.ipynb #cce3bb16
-class _AfterImport(importlib.abc.MetaPathFinder):
-    "An import hook: lets the module `name` load as usual, then calls `fn()` (once)."
-    def __init__(self, name, fn): self.name, self.fn, self.busy = name, fn, False
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.name or self.busy: return None
-        self.busy = True  # the other finders find it; this hook only wraps its loading
-        try: spec = importlib.util.find_spec(fullname)
-        finally: self.busy = False
-        if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module'): return spec
-        load, hook = spec.loader.exec_module, self
-        def exec_module(module):
-            load(module)
-            if hook in sys.meta_path:  # (a spec asked for without importing, as availability checks do, runs nothing)
-                sys.meta_path.remove(hook)
-                _call(hook.fn, hook.name)
-        spec.loader.exec_module = exec_module
-        return spec
+_registered = set()  # the libraries our models are registered with
 
-def _call(fn, name):
-    try: fn()
-    except Exception as e: warnings.warn(f'sasa_fastai: could not register its models with {name} ({e!r})')
-
-def when_imported(name, # a module, e.g. 'timm'
-                  fn # called without arguments once `name` is imported
-                 ):
-    "Call `fn()` now if the module `name` is imported, else right after it is (if it ever is)."
-    if sys.modules.get(name) is not None: _call(fn, name)
-    else: sys.meta_path.insert(0, _AfterImport(name, fn))
+def _register(library, fn):
+    "Call `fn()` to register with `library`, once; a failure is a warning."
+    if library in _registered: return
+    try: fn(); _registered.add(library)
+    except Exception as e: warnings.warn(f'sasa_fastai: could not register its models with {library} ({e!r})')
 
 # %% ../nbs/18_ecosystem.ipynb #d7cdba59
 def fastai_split(model # a `vision_learner` model: `[body, head]`, the body cut from a sasa_fastai `ResNet`
@@ -73,36 +52,30 @@ def _timm_model(name, pretrained=False, **kwargs):
     return build_model_with_cfg(build, name, pretrained=False, **kwargs)
 
 # %% ../nbs/18_ecosystem.ipynb #05e5eb11
-def sasa_resnet26(pretrained=False, **kwargs):
-    "timm's entry point for `models.sasa_resnet26`."
-    return _timm_model('sasa_resnet26', pretrained, **kwargs)
-
-def sasa_resnet38(pretrained=False, **kwargs):
-    "timm's entry point for `models.sasa_resnet38`."
-    return _timm_model('sasa_resnet38', pretrained, **kwargs)
-
-def sasa_resnet50(pretrained=False, **kwargs):
-    "timm's entry point for `models.sasa_resnet50`."
-    return _timm_model('sasa_resnet50', pretrained, **kwargs)
-
-def sasa_resnet101(pretrained=False, **kwargs):
-    "timm's entry point for `models.sasa_resnet101`."
-    return _timm_model('sasa_resnet101', pretrained, **kwargs)
+def _timm_entry(name):
+    "timm's entry point for `models.ARCHS[name]`: a function named `name` (timm registers it under its name)."
+    def entry(pretrained=False, **kwargs): return _timm_model(name, pretrained, **kwargs)
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"timm's entry point for `models.{name}`."
+    return entry
 
 def register_timm():
     "Register `TIMM_NAMES` with timm's model registry (their `pretrained_cfg`s from `default_cfgs`)."
     from timm.models import register_model
-    for fn in (sasa_resnet26, sasa_resnet38, sasa_resnet50, sasa_resnet101): register_model(fn)
+    for name in TIMM_NAMES: register_model(_timm_entry(name))
 
-# %% ../nbs/18_ecosystem.ipynb #a59ca7cd
-def _median_ms(f, repeats):
-    "Median milliseconds of `repeats` calls of `f`, after 2 untimed ones."
-    import statistics, time
-    for _ in range(2): f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter(); f(); times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+# %% ../nbs/18_ecosystem.ipynb #e1f2a3b5
+LIBRARIES = {'fastai.vision.learner': register_fastai, 'timm': register_timm}  # a module of each, and how to register
+
+def register_imported():
+    "Register our models with those of `LIBRARIES` that are imported already (importing nothing)."
+    for module, fn in LIBRARIES.items():
+        if sys.modules.get(module) is not None: _register(module.split('.')[0], fn)
+
+def register():
+    "Register our models with fastai's `vision_learner` and timm's `create_model` (timm where it is installed)."
+    for module, fn in LIBRARIES.items():
+        if importlib.util.find_spec(module.split('.')[0]) is not None: _register(module.split('.')[0], fn)
 
 # %% ../nbs/18_ecosystem.ipynb #aa9f9ebc
 def onnx_speed(arch='sasa_resnet26', # a key of `models.ARCHS`
@@ -112,10 +85,13 @@ def onnx_speed(arch='sasa_resnet26', # a key of `models.ARCHS`
                threads=None, # CPU threads of both runtimes (default: torch's)
                folder=None): # where the .onnx file is written (default: a temporary folder)
     "Export `arch` with `torch.onnx.export(dynamo=True)`; onnxruntime's agreement and time against PyTorch's."
-    import tempfile, time
+    import statistics, tempfile, time
     from pathlib import Path
     import torch, onnxruntime as ort
+    from fastcore.basics import noop
+    from sasa_fastai.benchmark import timed_ms
     from sasa_fastai.models import ARCHS
+    median_ms = lambda f: statistics.median(timed_ms(f, noop, 2 + repeats)[2:])
     threads = threads or torch.get_num_threads()
     torch.manual_seed(0)
     model, x = ARCHS[arch](n_out=10).eval(), torch.randn(batch, 3, size, size)
@@ -129,10 +105,10 @@ def onnx_speed(arch='sasa_resnet26', # a key of `models.ARCHS`
     feed = {session.get_inputs()[0].name: x.numpy()}
     with torch.no_grad():
         want = model(x)
-        torch_ms = _median_ms(lambda: model(x), repeats)
+        torch_ms = median_ms(lambda: model(x))
     got = torch.from_numpy(session.run(None, feed)[0])
     return dict(arch=arch, size=size, batch=batch, threads=threads, export_s=export_s, torch_ms=torch_ms,
-                onnx_ms=_median_ms(lambda: session.run(None, feed), repeats), ort_version=ort.__version__,
+                onnx_ms=median_ms(lambda: session.run(None, feed)), ort_version=ort.__version__,
                 rel_err=((got - want).abs().max() / want.abs().max()).item())
 
 # %% ../nbs/18_ecosystem.ipynb #c4da2804
