@@ -6,23 +6,19 @@
 from __future__ import annotations
 import csv, json, os, subprocess, sys, time
 from pathlib import Path
-from .checks import check_choice, check_number, check_positive, check_seed, check_size, invalid
-from .checks import writable_folder
+from .checks import (check_choice, check_number, check_positive, check_seed, check_size, invalid,
+                                writable_folder)
 from .checkpoint import atomic_write
+from .models import VARIANTS, variant_arch
 
 # %% auto #0
-__all__ = ['RECIPES', 'VARIANTS', 'DEFAULTS', 'recipe', 'data_name', 'recipe_tag', 'run_spec', 'read_history', 'finished', 'run',
-           'results', 'summarize', 'table_markdown', 'plot_accuracy', 'write_results', 'compare']
+__all__ = ['RECIPES', 'DEFAULTS', 'recipe', 'data_name', 'recipe_tag', 'run_spec', 'read_history', 'finished', 'run', 'results',
+           'summarize', 'table_markdown', 'plot_accuracy', 'write_results', 'compare']
 
 # %% ../nbs/16_compare.ipynb #ce9d68b3
 RECIPES = {  # name: the training recipe, the same for every model
     'cpu': dict(size=64, epochs=5, bs=32, lr=2e-3),  # the 2-core CPU we build on: ~45 min for the two main models
     'gpu': dict(size=128, epochs=20, bs=64, lr=4e-3)}  # a GPU: fastai's leaderboard size
-VARIANTS = {  # name: (architecture prefix, SASA options, the paper's name for it)
-    'conv': ('resnet', {}, 'conv baseline'),
-    'sasa': ('sasa_resnet', {}, 'conv stem + attention'),
-    'stages234': ('sasa_resnet', {'attention': [2, 3, 4]}, 'attention in stages 2-4'),
-    'full': ('sasa_resnet', {'stem': 'attention'}, 'full attention (attention stem)')}
 DEFAULTS = {'cpu': dict(variants=('conv', 'sasa'), seeds=(42,)),  # what each recipe trains unless told otherwise
             'gpu': dict(variants=tuple(VARIANTS), seeds=(42, 1, 2))}
 
@@ -51,8 +47,9 @@ def recipe_tag(data, r):
 
 def run_spec(data, r, variant, seed, depth=26):
     "Everything that defines one run, as plain data: what a finished run is recognised by."
-    prefix, sasa, _ = VARIANTS[check_choice('variants', variant, VARIANTS)]
-    return dict(data=data_name(data), **r, variant=variant, arch=f'{prefix}{depth}', **sasa, seed=check_seed(seed))
+    check_choice('variants', variant, VARIANTS)
+    arch, options = variant_arch(variant, depth)
+    return dict(data=data_name(data), **r, variant=variant, arch=arch, **options, seed=check_seed(seed))
 
 # %% ../nbs/16_compare.ipynb #96a86497
 def read_history(path # a history.csv written by `train`

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 import torch, torch.nn as nn
 from .layers import SASA2d, SASAStem
-from .models import ARCHS
+from .models import ARCHS, VARIANTS, variant_arch
 
 # %% auto #0
-__all__ = ['FLOP_COUNTERS', 'PAPER_FLOPS', 'FLOPS_VARIANTS', 'conv_flops', 'linear_flops', 'sasa_flops', 'stem_flops',
-           'count_flops', 'flops_table', 'flops_markdown']
+__all__ = ['FLOP_COUNTERS', 'PAPER_FLOPS', 'TABLE1', 'conv_flops', 'linear_flops', 'sasa_flops', 'stem_flops', 'count_flops',
+           'flops_table', 'flops_markdown']
 
 # %% ../nbs/14_flops.ipynb #84b76384
 def conv_flops(m, x, y):
@@ -70,18 +70,18 @@ def count_flops(model, # a module taking `[B, n_in, H, W]` images
 
 # %% ../nbs/14_flops.ipynb #7938a25e
 PAPER_FLOPS = {26: (4.7, 4.5, 4.7), 38: (6.5, 5.7, 6.0), 50: (8.2, 7.0, 7.2)}  # Table 1, billions, 224 px
-FLOPS_VARIANTS = (('conv baseline', 'resnet{}', {}), ('conv stem + attention', 'sasa_resnet{}', {}),
-                  ('full attention', 'sasa_resnet{}', {'stem': 'attention'}))
+TABLE1 = ('conv', 'sasa', 'full')  # the `VARIANTS` of the paper's Table 1, in its column order
 
 def flops_table(depths=(26, 38, 50), # ResNet depths with a row in `PAPER_FLOPS`
                 size=224): # image side
     "Our FLOPs count of every Table 1 model next to the paper's, with the breakdown by kind of work."
     rows = []
     for d in depths:
-        for i, (variant, name, kw) in enumerate(FLOPS_VARIANTS):
-            with torch.device('meta'): model = ARCHS[name.format(d)](**kw)
+        for i, variant in enumerate(TABLE1):
+            arch, kw = variant_arch(variant, d)
+            with torch.device('meta'): model = ARCHS[arch](**kw)
             counts = count_flops(model, size)
-            rows.append(dict(model=f'R{d}', variant=variant, arch=name.format(d), kwargs=kw,
+            rows.append(dict(model=f'R{d}', variant=VARIANTS[variant][2], arch=arch, kwargs=kw,
                              gflops=sum(counts.values()) / 1e9, paper=PAPER_FLOPS[d][i], breakdown=counts))
     return rows
 

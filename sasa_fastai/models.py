@@ -15,7 +15,8 @@ from .layers import SASA2d, SASAStem
 
 # %% auto #0
 __all__ = ['STEMS', 'WIDTHS', 'DEPTHS', 'resnet26', 'resnet38', 'resnet50', 'resnet101', 'sasa_resnet26', 'sasa_resnet38',
-           'sasa_resnet50', 'sasa_resnet101', 'ARCHS', 'conv_bn', 'Bottleneck', 'stage_spec', 'stem_modules', 'ResNet']
+           'sasa_resnet50', 'sasa_resnet101', 'ARCHS', 'VARIANTS', 'conv_bn', 'Bottleneck', 'stage_spec',
+           'stem_modules', 'ResNet', 'variant_arch']
 
 # %% ../nbs/08_models.ipynb #bf1f620a
 def conv_bn(in_channels, out_channels, ks=1, stride=1, act=True, zero_bn=False):
@@ -137,6 +138,20 @@ resnet26, resnet38, resnet50, resnet101 = (_family(d, False) for d in DEPTHS)
 sasa_resnet26, sasa_resnet38, sasa_resnet50, sasa_resnet101 = (_family(d, True) for d in DEPTHS)
 ARCHS = {f.__name__: f for f in (resnet26, resnet38, resnet50, resnet101,
                                  sasa_resnet26, sasa_resnet38, sasa_resnet50, sasa_resnet101)}
+
+# %% ../nbs/08_models.ipynb #a9b8c7d2
+VARIANTS = {  # name: (architecture prefix, its options, the paper's name for it)
+    'conv': ('resnet', {}, 'conv baseline'),
+    'sasa': ('sasa_resnet', {}, 'conv stem + attention'),
+    'stages234': ('sasa_resnet', {'attention': [2, 3, 4]}, 'attention in stages 2-4'),
+    'full': ('sasa_resnet', {'stem': 'attention'}, 'full attention (attention stem)')}
+
+def variant_arch(variant, # a key of `VARIANTS`
+                 depth=26 # 26, 38, 50 or 101
+                ) -> tuple: # (a key of `ARCHS`, its options)
+    "The architecture and options of the paper's `variant` at `depth`."
+    prefix, options, _ = VARIANTS[check_choice('variant', variant, VARIANTS)]
+    return f'{prefix}{check_choice("depth", depth, DEPTHS)}', dict(options)
 
 # %% ../nbs/08_models.ipynb #c67750b4
 @patch(as_prop=True)

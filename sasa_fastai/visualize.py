@@ -339,7 +339,6 @@ def _grid_legend(fig, recs, image_size):
         items += [Patch(fc='0.82', ec='0.55', hatch='////', label='window beyond the image: zero padding'),
                   Line2D([], [], color='cyan', ls='--', label='the image border (where the window is larger)')]
     fig.legend(handles=items, loc='outside lower center', ncol=3, fontsize=8, frameon=False)
-    fig.legend(handles=items, loc='outside lower center', ncol=3, fontsize=8, frameon=False)
 
 # %% ../nbs/12_visualize.ipynb #e8eadecf
 def show_attention_grid(maps, # an `AttentionMaps`
