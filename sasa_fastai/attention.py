@@ -110,7 +110,7 @@ def pick_backend(backend, # one of `BACKEND_NAMES`
 
 # %% ../nbs/06_attention.ipynb #656ef65e
 def _cast(x, w_qkv, rel_h, rel_w):
-    "Inputs as the kernels take them (see above)."
+    "Inputs as kernels take them: half floats as float32 off CUDA, autocast's dtype on CUDA, float32/64 tables."
     if x.device.type == 'cuda' and torch.is_autocast_enabled('cuda'): x = x.to(torch.get_autocast_dtype('cuda'))
     elif x.device.type != 'cuda' and x.dtype in (torch.float16, torch.bfloat16): x = x.float()
     rel = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -123,7 +123,7 @@ def sasa_attention(x, # input `[B, ni, H, W]`
                    rel_w, # column-offset table `[k, N, d/2]`
                    # leave out-of-image positions out of the softmax (default: zero keys/values, as the paper)
                    masked=False,
-                   backend='auto', # one of `BACKEND_NAMES`, see above
+                   backend='auto', # one of `BACKEND_NAMES` ('auto': the fastest that runs on `x`'s device)
                    inference=False # also return the weights `[B, N, H, W, k, k]`
                   ):
     "SASA: project to q, k, v; for every pixel, softmax over its k x k window of `q.k + q.r`; weighted sum of values."

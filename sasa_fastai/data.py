@@ -347,7 +347,7 @@ def warn_small_images(items, # training images
     return len(small)
 
 # %% ../nbs/09_data.ipynb #570627e2
-def get_dls(data='digits', # a name from `DATASETS`, or an image folder in either layout (see above)
+def get_dls(data='digits', # a name from `DATASETS`, or an image folder in a layout of `LAYOUTS`
             # training image size in pixels (>= 32); default: the dataset's (32 for digits, 128/224 for Imagenette)
             size=None,
             bs=64, # batch size

@@ -43,7 +43,7 @@ def launch(kernel, # a `@triton.jit` function
            grid, # its launch grid
            device, # the tensors' device: CUDA launches the compiled kernel, the CPU interprets it
            *args, **kwargs): # the kernel's arguments
-    "`kernel[grid](*args, **kwargs)`, compiled on CUDA and interpreted on the CPU (see above)."
+    "`kernel[grid](*args, **kwargs)`: compiled on CUDA; on the CPU, Triton's interpreter (exact and slow: for tests)."
     if device.type != 'cpu':
         with torch.cuda.device(device): kernel[grid](*args, **kwargs)
         return

@@ -45,7 +45,7 @@ def pixel_formula(q, k, v, # `[B, N, d, H, W]` each
     return (torch.stack(logits).softmax(0)[:, None] * torch.stack(values)).sum(0)
 
 # %% ../nbs/01a_testing.ipynb #38bac93d
-def kernel_errors(forward, # a kernel's forward, see above
+def kernel_errors(forward, # a kernel's forward: `(qkv, rel_h, rel_w, num_heads, masked, inference)` -> out, lse, wts
                   backward, # its backward
                   inputs, # `attention_inputs(...)`
                   masked=False, # border mode
