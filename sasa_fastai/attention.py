@@ -23,7 +23,7 @@ __all__ = ['BACKENDS', 'BACKEND_NAMES', 'Backend', 'backend_for', 'pick_backend'
 class Backend:
     "One way to compute `sasa_attention`, and where it runs."
     name: str
-    fn: Callable # (x, w_qkv, rel_h, rel_w, masked, inference) -> output `[B, nf, H, W]`, weights or None
+    fn: Callable # (x, w_qkv, rel_h, rel_w, masked, inference) -> output `[B, C, H, W]`, weights or None
     can_run: Callable # (device type, dtype, inference) -> None, or the reason it cannot run there
     auto_on: tuple = () # device types where `auto` picks it ('*': every device)
     fused: bool = False # a kernel of ours: O(1) memory per pixel in the window size
@@ -117,8 +117,8 @@ def _cast(x, w_qkv, rel_h, rel_w):
     return x, w_qkv.to(x.dtype), rel_h.to(rel), rel_w.to(rel)
 
 # %% ../nbs/06_attention.ipynb #5f4ad769
-def sasa_attention(x, # input `[B, ni, H, W]`
-                   w_qkv, # dense 1x1 projection `[3 nf, ni]`: queries, keys, values (each head-major)
+def sasa_attention(x, # input `[B, C_in, H, W]`
+                   w_qkv, # dense 1x1 projection `[3C, C_in]`: queries, keys, values (each head-major)
                    rel_h, # row-offset table `[k, N, d/2]` (k offsets, N heads, half of each head's d dims)
                    rel_w, # column-offset table `[k, N, d/2]`
                    # leave out-of-image positions out of the softmax (default: zero keys/values, as the paper)

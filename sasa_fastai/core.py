@@ -14,10 +14,10 @@ __all__ = ['project', 'project_backward', 'split_heads', 'memory_format', 'rel_l
 def _pixels(t): return t.transpose(0, 1).reshape(t.shape[1], -1)  # `[B, C, H, W]` -> `[C, B*H*W]` (a copy)
 def _images(t, like): return t.view(-1, like.shape[0], *like.shape[2:]).transpose(0, 1).contiguous()  # and back
 
-def project(x, # input `[B, ni, H, W]`
-            w_qkv # the dense 1x1 projection `[3 nf, ni]`
+def project(x, # input `[B, C_in, H, W]`
+            w_qkv # the dense 1x1 projection `[3C, C_in]`
            ):
-    "Queries, keys and values of every pixel in one 1x1 convolution: `qkv`, `[B, 3 nf, H, W]` (x's memory format)."
+    "Queries, keys and values of every pixel in one 1x1 convolution: `qkv`, `[B, 3C, H, W]` (x's memory format)."
     if x.device.type == 'cpu' and x.is_contiguous():  # NCHW on the CPU: matrix products, several times faster
         B, C, H, W = x.shape
         if H * W >= C: return torch.bmm(w_qkv.expand(B, -1, -1), x.flatten(2)).view(B, -1, H, W)  # one per image

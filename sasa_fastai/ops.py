@@ -37,8 +37,8 @@ def _forward(x, w_qkv, rel_h, rel_w, masked, inference, kernel):
     return out.contiguous(memory_format=memory_format(x)), lse.to(stat_dtype(x)), w
 
 @torch.library.custom_op('sasa_fastai::sasa_fwd', mutates_args=())
-def sasa_fwd(x:Tensor, # input `[B, ni, H, W]`
-             w_qkv:Tensor, # projection `[3C, ni]`
+def sasa_fwd(x:Tensor, # input `[B, C_in, H, W]`
+             w_qkv:Tensor, # projection `[3C, C_in]`
              rel_h:Tensor, # row-offset table `[k, N, d/2]`
              rel_w:Tensor, # column-offset table `[k, N, d/2]`
              masked:bool, # leave out-of-image positions out of the softmax
