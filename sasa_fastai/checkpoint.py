@@ -4,37 +4,76 @@
 
 # %% ../nbs/11_checkpoint.ipynb #69c95ae2
 from __future__ import annotations
-import json, os, pickle, random, secrets, time
+import errno, json, os, pickle, random, re, secrets, shutil, time
 from contextlib import suppress
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.foundation import L
 from fastai.callback.core import Callback
+from fastprogress.fastprogress import format_time
 from .models import ResNet
 from .data import input_config
 
 # %% auto #0
-__all__ = ['WEIGHTS_FORMAT', 'PRETRAINED_FORMAT', 'STOP_ENV', 'atomic_write', 'read_plain', 'save_weights', 'load_weights',
-           'save_pretrained', 'from_pretrained', 'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint']
+__all__ = ['WEIGHTS_FORMAT', 'PRETRAINED_FORMAT', 'STOP_ENV', 'human_size', 'DiskFull', 'atomic_write', 'remove_temporaries',
+           'read_plain', 'tensor_bytes', 'save_weights', 'load_weights', 'save_pretrained', 'from_pretrained',
+           'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint']
 
 # %% ../nbs/11_checkpoint.ipynb #c69a084c
+def human_size(n # a number of bytes
+              ) -> str:
+    "`n` bytes in words, e.g. '39.6 MB'."
+    return next(f'{n / 1000 ** i:.1f} {u}' for i, u in enumerate(['B', 'kB', 'MB', 'GB'])
+                if n < 1000 ** (i + 1) or u == 'GB')
+
+class DiskFull(OSError):
+    "No room to write `path` (about `needed` bytes); the files already there are unchanged. `fix` ends the message."
+    def __init__(self, path, needed, fix='free some space, then write it again'):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.path, self.needed, self.fix = Path(path), needed, fix
+    def __str__(self):
+        return (f'{self.strerror}: {self.path.name} could not be written in {self.path.parent} (it needs about '
+                f'{human_size(self.needed)}); the files already there are unchanged: {self.fix}')
+
+def _disk_full(e, folder):
+    "Whether `e` says the disk is full: `ENOSPC` or a quota, or PyTorch's writer failing with no space left."
+    if isinstance(e, OSError): return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    torch_writer = isinstance(e, RuntimeError) and ('inline_container' in str(e) or 'StreamWriter' in str(e))
+    return torch_writer and shutil.disk_usage(folder).free < 16 * 2**20
+
+# %% ../nbs/11_checkpoint.ipynb #7db7e4ee
 def atomic_write(path, # the file to (re)write
-                 write # `write(tmp_path)` writes the complete file at `tmp_path`
+                 write, # `write(tmp_path)` writes the complete file at `tmp_path`
+                 size=None # about how many bytes it takes, for the message of a full disk (default: the old file's)
                 ) -> Path:
     "Write `path` through a temporary file in its folder and `os.replace`: readers see the old file or the new one."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f'.{path.name}.{secrets.token_hex(4)}.tmp'
+    tmp = path.parent / f'.{path.name}.{secrets.token_hex(4)}.tmp'  # (the name `remove_temporaries` knows)
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode 0666 minus the umask, as open() does
     try:
         write(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and _disk_full(e, path.parent)
+        sizes = [size or 0] + [p.stat().st_size for p in (tmp, path) if p.is_file()]
         with suppress(FileNotFoundError): os.unlink(tmp)
+        if full: raise DiskFull(path, max(sizes)) from None
         raise
     return path
+
+# %% ../nbs/11_checkpoint.ipynb #016e765c
+_TEMPORARY = re.compile(r'\..+\.[0-9a-f]{8}\.tmp')  # the names of `atomic_write`'s temporary files
+
+def remove_temporaries(*folders # folders written with `atomic_write` that no process is writing to now
+                      ) -> dict:
+    "Delete the temporary files that killed writes left in `folders`: `{file: size}` of those removed."
+    found = {p: p.lstat().st_size for f in map(Path, folders) if f.is_dir() for p in sorted(f.iterdir())
+             if _TEMPORARY.fullmatch(p.name) and p.is_file() and not p.is_symlink()}
+    for p in found: p.unlink(missing_ok=True)
+    return found
 
 # %% ../nbs/11_checkpoint.ipynb #8ce92e9c
 def read_plain(path, # the file to read
@@ -66,6 +105,12 @@ def _plain(o):
     if isinstance(o, (list, L)): return [_plain(v) for v in o]
     return o
 
+def tensor_bytes(o):
+    "About how many bytes `torch.save` writes for the plain data `o`: those of its tensors."
+    if isinstance(o, torch.Tensor): return o.nelement() * o.element_size()
+    if isinstance(o, dict): return sum(map(tensor_bytes, o.values()))
+    return sum(map(tensor_bytes, o)) if isinstance(o, (list, tuple)) else 0
+
 # %% ../nbs/11_checkpoint.ipynb #2b973c93
 WEIGHTS_FORMAT = 'sasa_fastai.weights/2'
 
@@ -80,7 +125,7 @@ def save_weights(learn, # a `Learner` whose model is a sasa_fastai `ResNet`
     data = {'format': WEIGHTS_FORMAT, 'arch': getattr(learn, 'arch_name', 'ResNet'), 'model_kwargs': m.config(),
             'vocab': [str(v) for v in learn.dls.vocab], 'input': input_config(learn.dls),
             'state_dict': _plain(dict(m.state_dict()))}
-    return atomic_write(path, lambda tmp: torch.save(data, tmp))
+    return atomic_write(path, lambda tmp: torch.save(data, tmp), size=tensor_bytes(data))
 
 # %% ../nbs/11_checkpoint.ipynb #ae076583
 _WEIGHTS = 'a sasa_fastai weights file (written by save_weights or sasa_train)'
@@ -119,7 +164,8 @@ def save_pretrained(learn, # a `Learner` of a sasa_fastai `ResNet`, or a model f
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-    atomic_write(folder / 'model.safetensors', lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}))
+    atomic_write(folder / 'model.safetensors', lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}),
+                 size=tensor_bytes(tensors))
     atomic_write(folder / 'config.json', lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     return folder
 
@@ -207,8 +253,9 @@ class TrainingCheckpoint(Callback):
     def __init__(self, fname='checkpoint.pth', # file in `learn.path`, or an absolute path
                  state=None, # a checkpoint loaded with `load_checkpoint` to resume from
                  save=True, # write checkpoints (False on the non-zero ranks of a distributed run)
-                 config=None): # plain-data description of the run, stored to check a resume against
-        self.fname, self.state, self.save, self.config = Path(fname), state, save, config
+                 config=None, # plain-data description of the run, stored to check a resume against
+                 csv=None): # also write the table of the epochs to this file (in `learn.path`) after each checkpoint
+        self.fname, self.state, self.save, self.config, self.csv = Path(fname), state, save, config, csv
         self.stop_after = int(os.environ[STOP_ENV]) if os.environ.get(STOP_ENV) else None
 
     def before_fit(self):
@@ -243,8 +290,16 @@ class TrainingCheckpoint(Callback):
             os._exit(75)
 
     def write(self):
+        "The checkpoint of this epoch, then the table of `csv` from the rows it holds."
         state = _checkpoint_state(self.learn, self.rows, self.iters, self.config)
-        atomic_write(self.path / self.fname, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.path / self.fname, lambda tmp: torch.save(state, tmp), size=tensor_bytes(state))
+        if self.csv: atomic_write(self.path / self.csv, lambda tmp: tmp.write_text(self.table()))
+
+    def table(self):
+        "The rows as fastai's `CSVLogger` writes them: the metric names, then one line per epoch (its time as mm:ss)."
+        rec = self.recorder
+        lines = [rec.metric_names] + [row[:-1] + [format_time(row[-1])] * rec.add_time for row in self.rows]
+        return ''.join(','.join(map(str, l)) + '\n' for l in lines)
 
 # %% ../nbs/11_checkpoint.ipynb #48252cf2
 _CHECKPOINT = 'a sasa_fastai training checkpoint (written by sasa_train)'

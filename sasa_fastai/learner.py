@@ -4,15 +4,14 @@
 
 # %% ../nbs/13_learner.ipynb #3b983fcd
 from __future__ import annotations
-import signal, sys, threading
-from contextlib import nullcontext
+import os, secrets, signal, socket, sys, threading, time, warnings
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 import torch
 from fastcore.basics import noop
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.callback.core import Callback, CancelFitException
-from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import fit_one_cycle  # patches Learner.fit_one_cycle
 from fastai.callback.fp16 import to_fp16, to_bf16  # patches Learner.to_fp16/to_bf16
 from fastai.losses import LabelSmoothingCrossEntropy
@@ -23,14 +22,15 @@ from .checks import (MIN_SIZE, check_batches, check_choice, check_number, check_
 from .models import ARCHS
 from .data import get_dls
 from .distributed import dist_env, distrib_training
-from .checkpoint import (TrainingCheckpoint, atomic_write, save_weights, save_pretrained, load_checkpoint,
-                                    restore_checkpoint)
+from .checkpoint import (DiskFull, TrainingCheckpoint, atomic_write, human_size, remove_temporaries,
+                                    tensor_bytes, save_weights, save_pretrained, load_checkpoint, restore_checkpoint)
 from .visualize import attention_maps  # patches Learner.attention_maps
 from .memory import check_memory, estimate_memory  # (and patches Learner.memory_estimate)
 
 # %% auto #0
-__all__ = ['DEFAULT_LR', 'DEMO', 'arch_fn', 'amp_dtype', 'get_learner', 'PlainTableLogger', 'StopOnInterrupt',
-           'TrainingInterrupted', 'file_sizes', 'train']
+__all__ = ['DEFAULT_LR', 'DEMO', 'SIGNALS', 'LOCK', 'RUN_FILES', 'arch_fn', 'amp_dtype', 'get_learner', 'PlainTableLogger',
+           'signal_name', 'TrainingInterrupted', 'StopOnInterrupt', 'file_sizes', 'lock_folder', 'unlock_folder',
+           'run_folder', 'train']
 
 # %% ../nbs/13_learner.ipynb #10a03f4c
 DEFAULT_LR = 4e-3
@@ -98,7 +98,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
 # %% ../nbs/13_learner.ipynb #48f50fe8
 class PlainTableLogger(Callback):
     "Print the per-epoch metrics table as plain text lines (for logs that are not a terminal)."
-    order = 55  # after `Recorder` (metric names), before `CSVLogger` (which passes each row on to this logger)
+    order = 55  # after `Recorder`, whose metric names it prints
     def before_fit(self):
         if self.learn.logger is noop: return
         names = self.recorder.metric_names
@@ -114,38 +114,58 @@ class PlainTableLogger(Callback):
         if hasattr(self, 'old_logger'): self.learn.logger = self.old_logger
 
 # %% ../nbs/13_learner.ipynb #7803f517
+SIGNALS = tuple(getattr(signal, n) for n in ('SIGINT', 'SIGTERM', 'SIGHUP') if hasattr(signal, n))
+
+def signal_name(signum # a signal number
+               ) -> str:
+    "'Ctrl-C' for SIGINT, else the signal's name ('SIGTERM')."
+    return 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
+
+class TrainingInterrupted(KeyboardInterrupt):
+    ("A signal (`signum`) stopped `train`: `checkpoint` is the last checkpoint's file (or `None`), after "
+     "`epochs_done` epochs (`None`: not known where it was raised).")
+    def __init__(self, checkpoint=None, epochs_done=None, signum=signal.SIGINT):
+        self.checkpoint, self.epochs_done, self.signum = checkpoint, epochs_done, signum
+        super().__init__(f'interrupted ({signal_name(signum)})' +
+                         ('' if epochs_done is None else f' after {epochs_done} epoch(s)') +
+                         (f'; the last checkpoint is {checkpoint}' if checkpoint else '; no checkpoint was written'))
+
+# %% ../nbs/13_learner.ipynb #6b473300
 class StopOnInterrupt(Callback):
-    "The first Ctrl-C stops the fit after the current batch (a second one at once); `interrupted` says if it happened."
+    ("Ctrl-C, SIGTERM or SIGHUP stops the fit after the current batch, said in one line; a second signal, or one "
+     "outside the fit, raises `TrainingInterrupted` at once. `signum`: the signal that came (None: none yet).")
     order = 90
-    def __init__(self): self.interrupted, self.old = False, None
+    def __init__(self): self.signum, self.fitting, self.old, self.pid = None, False, {}, os.getpid()
+
+    @property
+    def interrupted(self): return self.signum is not None
 
     def __enter__(self):
-        "Take over SIGINT where Python's default handler has it (the main thread of a command line)."
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self.old = signal.signal(signal.SIGINT, self._signal)
+        "Take over those of `SIGNALS` that have their default handlers, in the main thread (a command line's)."
+        self.pid = os.getpid()
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                if signal.getsignal(s) in (signal.default_int_handler, signal.SIG_DFL):
+                    self.old[s] = signal.signal(s, self._signal)
         return self
 
     def __exit__(self, *exc):
-        if self.old is not None: signal.signal(signal.SIGINT, self.old)
-        self.old = None
+        for s, handler in self.old.items(): signal.signal(s, handler)
+        self.old = {}
 
     def _signal(self, signum, frame):
-        if self.interrupted: raise KeyboardInterrupt
-        self.interrupted = True
-        print('\ninterrupted: stopping after this batch (Ctrl-C again to stop at once)', file=sys.stderr, flush=True)
+        if os.getpid() != self.pid: return  # a data-loader worker (forked): the main process stops the fit
+        if self.interrupted or not self.fitting: raise TrainingInterrupted(signum=self.signum or signum)
+        self.signum, name = signum, signal_name(signum)
+        print('\n' * sys.stderr.isatty() + f'{"interrupted" if name == "Ctrl-C" else name}: stopping after this batch '
+              f'({name} again to stop at once)', file=sys.stderr, flush=True)
 
+    def before_fit(self): self.fitting = True
+    def after_fit(self): self.fitting = False
     def after_batch(self):
         if self.interrupted: raise CancelFitException()
 
 # %% ../nbs/13_learner.ipynb #c666420f
-class TrainingInterrupted(KeyboardInterrupt):
-    "Ctrl-C during `train`: `checkpoint` is the last checkpoint's file (or `None`), after `epochs_done` epochs."
-    def __init__(self, checkpoint, epochs_done):
-        self.checkpoint, self.epochs_done = checkpoint, epochs_done
-        super().__init__(f'interrupted after {epochs_done} epoch(s)' +
-                         (f'; the last checkpoint is {checkpoint}' if checkpoint else '; no checkpoint was written'))
-
 def _save_loss_plot(learn, fname, title):
     import matplotlib.pyplot as plt  # (imported by `visualize` already; with no display it draws with Agg)
     learn.recorder.plot_loss(skip_start=0)
@@ -156,10 +176,86 @@ def _save_loss_plot(learn, fname, title):
 
 def file_sizes(*files):
     "`name (size)` for each file, e.g. 'weights.pth (39.6 MB)'."
-    def size(n):
-        return next(f'{n / 1000 ** i:.1f} {u}' for i, u in enumerate(['B', 'kB', 'MB', 'GB'])
-                    if n < 1000 ** (i + 1) or u == 'GB')
-    return ', '.join(f'{Path(f).name} ({size(Path(f).stat().st_size)})' for f in files)
+    return ', '.join(f'{Path(f).name} ({human_size(Path(f).stat().st_size)})' for f in files)
+
+# %% ../nbs/13_learner.ipynb #13ba8350
+LOCK = '.sasa_run.lock'  # in a run's folder while a process writes there: "<process id> <host>"
+
+def _alive(pid):
+    "Whether process `pid` runs on this machine (another user's counts)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+def _owner(lock):
+    "`(pid, host)` written in `lock` (pid `None` while it holds no number), or `None` if there is no lock."
+    try: pid, host = (Path(lock).read_text().split() + ['', ''])[:2]
+    except FileNotFoundError: return None
+    return (int(pid) if pid.isdigit() else None), host
+
+# %% ../nbs/13_learner.ipynb #777a8974
+def _take_over(lock, owner):
+    "Move aside `lock`, held by `owner`, a process that has ended: True unless another process took it over first."
+    aside = lock.with_name(f'{LOCK}.{secrets.token_hex(4)}')
+    try: os.rename(lock, aside)
+    except FileNotFoundError: return False
+    mine = _owner(aside) == owner
+    if not mine:  # another process's new lock: back it goes
+        with suppress(OSError): os.link(aside, lock)
+    aside.unlink(missing_ok=True)
+    return mine
+
+def lock_folder(folder # an existing folder
+               ) -> Path: # the lock file
+    "Create `folder/LOCK` for this process, taking over the lock of a process that has ended; else refuse."
+    lock, me, took = Path(folder) / LOCK, (os.getpid(), socket.gethostname()), None
+    for attempt in range(10):
+        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, 'O_NOFOLLOW', 0), 0o644)
+        except FileExistsError: owner = _owner(lock)
+        else:
+            with os.fdopen(fd, 'w') as f: f.write(f'{me[0]} {me[1]}\n')
+            if took: warnings.warn(f'{folder}: took over the lock of process {took[0] or "(unknown)"}, which no '
+                                   'longer runs')
+            return lock
+        if owner is None or (owner[0] is None and attempt < 5): time.sleep(0.02); continue  # gone, or being written
+        pid, host = owner
+        if pid is not None and host != me[1]:
+            raise ValueError(f'{folder} is in use: process {pid} on {host} holds its lock ({lock}), and whether it '
+                             'runs cannot be seen from this machine: wait for that run to end, or delete the lock '
+                             'if it has')
+        if pid is not None and _alive(pid):
+            raise ValueError(f'{folder} is in use: process {pid} is writing a run there (its lock: {lock}); '
+                             'wait for it to end, or choose another folder')
+        if _take_over(lock, owner): took = owner
+    raise ValueError(f'{folder}: its lock {lock} changed hands too often to be taken; try again')
+
+def unlock_folder(lock # from `lock_folder`
+                 ):
+    "Remove `lock` if it is still this process's."
+    if _owner(lock) == (os.getpid(), socket.gethostname()): Path(lock).unlink(missing_ok=True)
+
+# %% ../nbs/13_learner.ipynb #ef1feed0
+@contextmanager
+def run_folder(out, # the run's folder (created with its parents if needed)
+               name='out' # the argument that names it, for messages
+              ):
+    ("`out`, locked for one run while the block runs, without the temporary files of killed writes; the lock goes "
+     "at the end however the block ends, and so do the folders it created if they are left empty.")
+    out, lock = Path(out), None
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        writable_folder(name, out)
+        lock = lock_folder(out)
+        if removed := remove_temporaries(out, out / 'model'):
+            warnings.warn(f'{out}: removed what writes that were killed left behind: ' +
+                          ', '.join(f'{p.relative_to(out)} ({human_size(n)})' for p, n in removed.items()))
+        yield out
+    finally:
+        if lock: unlock_folder(lock)
+        for p in created:
+            try: p.rmdir()
+            except OSError: break
 
 # %% ../nbs/13_learner.ipynb #aae8e838
 def _check_resume(out, config, resume):
@@ -174,6 +270,35 @@ def _check_resume(out, config, resume):
     if changed: raise ValueError('resume: these arguments differ from the run being resumed: ' + ', '.join(changed))
     return state
 
+# %% ../nbs/13_learner.ipynb #9045d1b1
+RUN_FILES = ('checkpoint.pth', 'history.csv', 'export.pkl', 'weights.pth', 'loss.png', 'model')  # what `train` writes
+
+def _check_folder(out, state, overwrite):
+    ("The files of another run in `out`, which `overwrite` deletes; without `overwrite`, a new run (`state` None) into "
+     "a folder with another run's files is refused.")
+    if state is not None: return []  # resuming: they are the run's own
+    found = [f for f in RUN_FILES if os.path.lexists(out / f)]
+    if not found or overwrite: return found
+    how = ('continue it with resume=True, start over' if 'checkpoint.pth' in found else
+           'it has no checkpoint to continue from: start over')
+    raise ValueError(f'{out} holds another run ({", ".join(found)}): {how} with overwrite=True (which deletes those '
+                     'files), or choose another folder')
+
+def _delete_run(out, files):
+    "Delete `files` (of `RUN_FILES`) in `out`, and say so; in `model/` only the files `save_pretrained` writes."
+    for f in files:
+        p = out / f
+        if p.is_dir() and not p.is_symlink():
+            for g in ('model.safetensors', 'config.json'): (p / g).unlink(missing_ok=True)
+            with suppress(OSError): p.rmdir()
+        else: p.unlink(missing_ok=True)
+    print(f'overwrite: deleted the earlier run in {out} ({", ".join(files)})', flush=True)
+
+def _finished(out, state):
+    "Whether the run in `out`, resumed from `state`, trained all its epochs and wrote all its files."
+    files = ('export.pkl', 'weights.pth', 'history.csv', 'loss.png', 'model/model.safetensors', 'model/config.json')
+    return state is not None and state['epoch'] >= state['n_epoch'] and all((out / f).is_file() for f in files)
+
 # %% ../nbs/13_learner.ipynb #a25d4559
 def _announce(learn, data, arch, bs, epochs, lr, seed, world, state):
     "The run's first line: data, model, sizes and where it runs."
@@ -186,37 +311,50 @@ def _announce(learn, data, arch, bs, epochs, lr, seed, world, state):
     if (est := learn.memory_estimate()) is not None: print(f'memory: {est}', flush=True)
 
 # %% ../nbs/13_learner.ipynb #71155cc8
-def _fit(learn, epochs, state, config, main, world):
-    "One-cycle training with a checkpoint every epoch; Ctrl-C raises `TrainingInterrupted` (see above)."
+def _fit(learn, epochs, state, config, main, world, stop):
+    "One-cycle training, a checkpoint and `history.csv` every epoch; a signal (`stop`) raises `TrainingInterrupted`."
     if state is not None: restore_checkpoint(learn, state)
-    ckpt = TrainingCheckpoint('checkpoint.pth', state=state, save=main, config=config)
-    cbs = [ckpt] + ([CSVLogger('history.csv', append=False)] if main else [])
+    ckpt = TrainingCheckpoint('checkpoint.pth', state=state, save=main, config=config, csv='history.csv')
     bar = sys.stdout.isatty() and main
-    if main and not bar: cbs.append(PlainTableLogger())
-    stop = StopOnInterrupt()
+    cbs = [ckpt, stop] + ([PlainTableLogger()] if main and not bar else [])
+    stop.fitting = True  # (from here: a signal stops the fit after its batch)
     try:
-        with (nullcontext() if bar else learn.no_bar()), \
-             (distrib_training(learn) if world > 1 else nullcontext()), stop:
-            learn.fit_one_cycle(epochs, cbs=cbs + [stop], start_epoch=state['epoch'] if state else 0)
-    except KeyboardInterrupt: stop.interrupted = True
+        with (nullcontext() if bar else learn.no_bar()), (distrib_training(learn) if world > 1 else nullcontext()):
+            learn.fit_one_cycle(epochs, cbs=cbs, start_epoch=state['epoch'] if state else 0)
+    except KeyboardInterrupt as e: stop.signum = stop.signum or getattr(e, 'signum', signal.SIGINT)
+    except RuntimeError as e:  # data-loader workers ended by the same signal (Slurm signals every process of a job)
+        if not (stop.interrupted and 'DataLoader worker' in str(e)): raise
+    finally: stop.fitting = False
     if stop.interrupted:
         done = len(getattr(ckpt, 'rows', []))
-        if not done and state is None and main:  # nothing to resume from: leave no partial files behind
-            (learn.path / 'history.csv').unlink(missing_ok=True)
-        raise TrainingInterrupted(learn.path / 'checkpoint.pth' if done and main else None, done)
-    learn.logger = print  # drop the loggers the fit callbacks chained (a closed CSV file cannot be exported)
+        raise TrainingInterrupted(learn.path / 'checkpoint.pth' if done and main else None, done, stop.signum)
+    learn.logger = print  # (drop the loggers the fit callbacks chained: they cannot be exported)
 
 # %% ../nbs/13_learner.ipynb #f8f366f9
 def _save_run(learn, out, arch, data):
     "Write export.pkl, weights.pth, model/ and loss.png beside history.csv and checkpoint.pth; print what was written."
     files = [out / 'export.pkl', out / 'weights.pth', out / 'history.csv', out / 'loss.png', out / 'checkpoint.pth']
-    atomic_write(files[0], lambda tmp: learn.export(tmp.absolute()))  # (fastai exports to learn.path / fname)
+    atomic_write(files[0], lambda tmp: learn.export(tmp.absolute()),  # (fastai exports to learn.path / fname)
+                 size=tensor_bytes(learn.model.state_dict()))
     save_weights(learn, files[1])
     folder = save_pretrained(learn, out / 'model')  # model.safetensors + config.json: a folder for the Hugging Face Hub
     _save_loss_plot(learn, files[3], f'{arch} on {data}: loss')
     acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]
     print(f'wrote {out}: {file_sizes(*files)}; model/: {file_sizes(*sorted(folder.iterdir()))}')
     print(f'final validation accuracy: {acc:.4f}', flush=True)
+
+def _stopped(e, out, main, done):
+    "The `TrainingInterrupted` of a signal `e` (`_fit` raises its own), `done` epochs of the run checkpointed."
+    if isinstance(e, TrainingInterrupted) and e.epochs_done is not None: return e
+    ckpt = out / 'checkpoint.pth' if main and done else None
+    return TrainingInterrupted(ckpt, done, getattr(e, 'signum', signal.SIGINT))
+
+def _kept(learn, state, main):
+    "A finished run resumed: nothing to write; the learner with the run's final weights (None on the other ranks)."
+    if not main: return None
+    print(f'nothing to resume: the run in {learn.path} finished its {state["epoch"]} epoch(s) and wrote its files; '
+          'they are left unchanged', flush=True)
+    return restore_checkpoint(learn, state)
 
 # %% ../nbs/13_learner.ipynb #d20551ce
 def train(data='digits', # dataset name, image folder (either layout) or `DataLoaders`
@@ -226,27 +364,42 @@ def train(data='digits', # dataset name, image folder (either layout) or `DataLo
           epochs=5, # epochs of one-cycle training
           lr=DEFAULT_LR, # maximum learning rate of the one cycle
           seed=42, # random seed (fastai's `set_seed`, reproducible=True)
-          out='out', # output folder
+          out='out', # output folder, of this run only (locked while it runs)
           valid_pct=0.2, # share held out of a folder without train/ and val/
           attention=None, stem=None, kernel_size=None, num_heads=None, # SASA options, as `get_learner`
-          resume=False # continue the run in `out` from its last checkpoint (same arguments)
+          resume=False, # continue the run in `out` from its last checkpoint (same arguments)
+          overwrite=False # start over in an `out` that holds another run: its files are deleted, after every check
          ) -> Learner|None: # the trained learner (None on the other ranks of a multi-process run)
     "Train with one-cycle, checkpointing every epoch; save the learner, its weights, history and loss curve in `out`."
     check_positive('epochs', epochs); check_seed(seed)
+    if resume and overwrite:
+        raise ValueError(f'resume=True continues the run in {out}, overwrite=True deletes it: give one of them')
     out = Path(out)
     config = dict(data=str(data), arch=arch, size=size, bs=bs, epochs=epochs, lr=float(lr), seed=seed,
                   valid_pct=valid_pct, attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
-    state = _check_resume(out, config, resume)
     rank, world, local_rank = dist_env()
-    if world > 1 and torch.cuda.is_available(): torch.cuda.set_device(local_rank)
-    set_seed(seed, reproducible=True)
-    learn = get_learner(data, arch, size=size, bs=bs, valid_pct=valid_pct, attention=attention, stem=stem,
-                        kernel_size=kernel_size, num_heads=num_heads, lr=lr)
-    if rank == 0: writable_folder('out', out)
-    learn.path = out
-    if world > 1: check_batches(learn.dls.train, bs, world)
-    if rank == 0: _announce(learn, data, arch, bs, epochs, lr, seed, world, state)
-    _fit(learn, epochs, state, config, rank == 0, world)
-    if rank != 0: return None
-    _save_run(learn, out, arch, data)
-    return learn
+    main = rank == 0
+    with StopOnInterrupt() as stop, (run_folder(out) if main else nullcontext()):
+        state = _check_resume(out, config, resume)
+        old = _check_folder(out, state, overwrite) if main else []
+        done = state['epoch'] if state else 0  # epochs checkpointed by this run
+        try:
+            if world > 1 and torch.cuda.is_available(): torch.cuda.set_device(local_rank)
+            set_seed(seed, reproducible=True)
+            learn = get_learner(data, arch, size=size, bs=bs, valid_pct=valid_pct, attention=attention, stem=stem,
+                                kernel_size=kernel_size, num_heads=num_heads, lr=lr)
+            learn.path = out
+            if _finished(out, state): return _kept(learn, state, main)
+            if world > 1: check_batches(learn.dls.train, bs, world)
+            if old: _delete_run(out, old)
+            if main: _announce(learn, data, arch, bs, epochs, lr, seed, world, state)
+            _fit(learn, epochs, state, config, main, world, stop)
+            done = epochs
+            if not main: return None
+            _save_run(learn, out, arch, data)
+            return learn
+        except KeyboardInterrupt as e: raise _stopped(e, out, main, done) from None
+        except DiskFull as e:
+            e.checkpoint = out / 'checkpoint.pth' if (out / 'checkpoint.pth').is_file() else None
+            e.fix = 'free some space, then ' + ('continue the run with resume=True' if e.checkpoint else 'run it again')
+            raise
