@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_checkpoint.ipynb #69c95ae2
 from __future__ import annotations
-import errno, json, os, pickle, random, re, secrets, shutil, time
+import errno, json, os, pickle, random, re, secrets, shutil, time, warnings
 from contextlib import suppress
 from pathlib import Path
 import numpy as np
@@ -12,13 +12,14 @@ import torch
 from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastprogress.fastprogress import format_time
+from .checks import check_file, invalid
 from .models import ResNet
 from .data import input_config
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'PRETRAINED_FORMAT', 'STOP_ENV', 'human_size', 'DiskFull', 'atomic_write', 'remove_temporaries',
            'read_plain', 'tensor_bytes', 'save_weights', 'load_weights', 'save_pretrained', 'from_pretrained',
-           'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint']
+           'load_model', 'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint']
 
 # %% ../nbs/11_checkpoint.ipynb #c69a084c
 def human_size(n # a number of bytes
@@ -128,6 +129,23 @@ def save_weights(learn, # a `Learner` whose model is a sasa_fastai `ResNet`
     return atomic_write(path, lambda tmp: torch.save(data, tmp), size=tensor_bytes(data))
 
 # %% ../nbs/11_checkpoint.ipynb #ae076583
+def _rebuilt(file, # where the model comes from, for the messages
+             kwargs, # the model's arguments (`ResNet.config()`)
+             state, # its state dict
+             inference=False):
+    "`ResNet(**kwargs)` with the parameters `state`; a `ValueError` naming `file` and what is wrong with it."
+    again = 'save or download the model again'
+    if not isinstance(kwargs, dict): raise ValueError(f'{file} is damaged: it holds no model arguments; {again}')
+    try: model = ResNet(**kwargs, inference=inference)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{file} is damaged or from another version: its model arguments are not valid ({e}); '
+                         f'{again}') from None
+    try: model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"{file} is damaged: its parameters do not fit the model it describes "
+                         f"({str(e).strip().splitlines()[-1].strip()[:160]}); {again}") from None
+    return model
+
 _WEIGHTS = 'a sasa_fastai weights file (written by save_weights or sasa_train)'
 
 def load_weights(path, # a file written by `save_weights`
@@ -137,11 +155,10 @@ def load_weights(path, # a file written by `save_weights`
     data = read_plain(path, _WEIGHTS, 'use the weights.pth that sasa_train wrote, or write one with save_weights')
     if not (isinstance(data, dict) and str(data.get('format', '')).startswith('sasa_fastai.weights/')):
         raise ValueError(f'{path} is not {_WEIGHTS}')
-    model = ResNet(**data['model_kwargs'], inference=inference)
-    model.load_state_dict(data['state_dict'])
+    model = _rebuilt(path, data.get('model_kwargs'), data.get('state_dict'), inference)
     model.input_config = data.get('input')  # how images become inputs (None in files of format 1)
-    model.vocab = data['vocab']
-    return model.eval(), data['vocab']
+    model.vocab = data.get('vocab')
+    return model.eval(), model.vocab
 
 # %% ../nbs/11_checkpoint.ipynb #abe04e34
 PRETRAINED_FORMAT = 'sasa_fastai.pretrained/1'
@@ -160,7 +177,7 @@ def save_pretrained(learn, # a `Learner` of a sasa_fastai `ResNet`, or a model f
         raise ValueError(f'save_pretrained: the model is a {type(m).__name__}, not a sasa_fastai ResNet (as '
                          "get_learner's are); a vision_learner model has fastai's head: keep it with learn.export")
     config = {'format': PRETRAINED_FORMAT, 'library': 'sasa_fastai', 'arch': arch or 'ResNet',
-              'model_kwargs': m.config(), 'class_names': vocab, 'input': _plain(inp)}
+              'model_kwargs': m.config(), 'vocab': vocab, 'input': _plain(inp)}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
@@ -195,10 +212,42 @@ def from_pretrained(name, # a folder written by `save_pretrained`, or a Hub repo
     except (ValueError, UnicodeDecodeError): cfg = None
     if not (isinstance(cfg, dict) and str(cfg.get('format', '')).startswith('sasa_fastai.pretrained/')):
         raise ValueError(f'{cfg_file} is not the config of a sasa_fastai model folder (written by save_pretrained)')
-    model = ResNet(**cfg['model_kwargs'], inference=inference)
-    model.load_state_dict(load_file(str(weights)))
-    model.vocab, model.input_config = cfg.get('class_names'), cfg.get('input')
+    try: state = load_file(str(weights))
+    except Exception as e:  # safetensors' own errors: a truncated or overwritten file
+        raise ValueError(f'{weights} is damaged (truncated?): it cannot be read ({e}); save or download the model '
+                         'again') from None
+    model = _rebuilt(cfg_file, cfg.get('model_kwargs'), state, inference)
+    model.vocab = cfg.get('vocab', cfg.get('class_names'))  # (`class_names` in the folders of sasa_fastai 0.2)
+    model.input_config = cfg.get('input')
     return model.eval()
+
+# %% ../nbs/11_checkpoint.ipynb #9779eaad
+def load_model(path # a model folder (model.safetensors + config.json), a weights.pth or an export.pkl
+              ) -> tuple: # (model or `Learner`, class names)
+    "The model of any file `sasa_train` writes; an `InvalidArgument` naming `model` and the problem if it is unusable."
+    if Path(path).is_dir():
+        try: model = from_pretrained(path)
+        except (ValueError, FileNotFoundError) as e: raise invalid('model', str(path), f'a model folder: {e}') from None
+        return model, model.vocab
+    p = check_file('model', path, 'a model folder, weights.pth or export.pkl written by sasa_train')
+    if p.suffix == '.pkl':
+        warnings.warn(f'{p.name} is a pickle, and loading a pickle can run code: load only files you trust (the '
+                      'model folder holds plain data only)')
+        from fastai.learner import load_learner
+        try:
+            with warnings.catch_warnings():  # fastai's own pickle warning: the one above says it once
+                warnings.simplefilter('ignore')
+                learn = load_learner(p, cpu=True)
+        except Exception as e:
+            raise invalid('model', str(path), f'an exported learner (learn.export or sasa_train), and loading it '
+                          f'failed: {type(e).__name__}: {e}') from None
+        return learn, list(learn.dls.vocab)
+    try: model, vocab = load_weights(p)
+    except ValueError as e: raise invalid('model', str(path), f'a weights file: {e}') from None
+    if model.input_config is None:
+        raise invalid('model', str(path), 'a weights file that records its input transform (written by sasa_fastai '
+                      '0.2 or later); use the model folder or export.pkl written beside it, or save it again')
+    return model, vocab
 
 # %% ../nbs/11_checkpoint.ipynb #78e8f338
 def _loader_rngs(learn):

@@ -4,14 +4,14 @@
 
 # %% ../nbs/17_cli.ipynb #3966da07
 from __future__ import annotations
-import argparse, contextlib, inspect, shlex, shutil, signal, sys, warnings
+import argparse, contextlib, contextvars, inspect, shlex, shutil, signal, sys, warnings
 from pathlib import Path
-from fastcore.script import call_parse, is_cli, store_true, Param
+from fastcore.script import anno_parser, store_true, Param
 from .checks import InvalidArgument, invalid  # (light: torch and fastai are imported when a command runs)
 
 # %% auto #0
-__all__ = ['EXIT_USAGE', 'EXIT_INTERRUPTED', 'EXIT_STATUS', 'COMMANDS', 'run_command', 'parse_attention', 'sasa_train',
-           'load_model', 'sasa_maps', 'sasa_bench', 'sasa_compare']
+__all__ = ['EXIT_USAGE', 'EXIT_INTERRUPTED', 'EXIT_STATUS', 'COMMANDS', 'CommandParser', 'command', 'run_command',
+           'parse_attention', 'sasa_train', 'sasa_maps', 'sasa_bench', 'sasa_compare']
 
 # %% ../nbs/17_cli.ipynb #46daedb6
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -21,19 +21,27 @@ EXIT_STATUS = ('Exit status: 0 done; 2 a bad argument or file, or a full disk (o
                'report it).')
 
 COMMANDS = ('sasa_train', 'sasa_maps', 'sasa_bench', 'sasa_compare')
-_argparse_error = argparse.ArgumentParser.error
 
-def _one_line_error(self, message):
-    "argparse's error for our commands as one line like ours (not its usage text, then the error); others unchanged."
-    if self.prog not in COMMANDS: return _argparse_error(self, message)
-    self.exit(EXIT_USAGE, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+class CommandParser(argparse.ArgumentParser):
+    "The parser of our commands: an argument error is one line like ours (not argparse's usage text, then the error)."
+    def error(self, message): self.exit(EXIT_USAGE, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
-argparse.ArgumentParser.error = _one_line_error
+_running = contextvars.ContextVar('sasa_fastai_command', default=None)  # the command running as the program
 
-def _exit_status(f):
-    "Append the exit-status convention to a command's docstring, which is its `--help` description."
-    f.__doc__ = f'{f.__doc__} {EXIT_STATUS}'
-    return f
+def command(func):
+    "`func` as a command line: its documented arguments are the flags; `func.main()` runs it."
+    func.__doc__ = f'{func.__doc__} {EXIT_STATUS}'  # (the `--help` description)
+    def main(argv=None): # the arguments (default: `sys.argv[1:]`)
+        fastcore = anno_parser(func, prog=func.__name__)
+        parser = CommandParser(prog=func.__name__, description=fastcore.description, parents=[fastcore],
+                               formatter_class=fastcore.formatter_class, add_help=False)
+        args = vars(parser.parse_args(argv))
+        args.pop('pdb', None); args.pop('xtra', None)  # (fastcore's hidden flags)
+        token = _running.set(func)
+        try: return func(**args)
+        finally: _running.reset(token)
+    func.main = main  # what the console script `sasa_train` (and each other) calls: see settings.ini
+    return func
 
 # %% ../nbs/17_cli.ipynb #23b1fba5
 def _as_typed(value):
@@ -72,12 +80,12 @@ def _interrupted(name, e):
     return (f'{name}: {what} after {done} epoch(s); the last checkpoint is {ckpt}; '
             f'to continue the run: {_resume_command(name)}')
 
-def run_command(command, # the `call_parse` function of the command
+def run_command(command, # the function of the command (see `command`)
                 fn, # the work: a function of the library
                 *args, **kwargs):
     ("`fn(*args, **kwargs)`; when `command` runs as a command line, a fixable error or a signal is one line "
      "and an exit status.")
-    if not is_cli(command): return fn(*args, **kwargs)
+    if _running.get() is not command: return fn(*args, **kwargs)  # called from Python: exceptions as they are
     name = command.__name__
     fmt = warnings.formatwarning
     try:
@@ -90,7 +98,7 @@ def run_command(command, # the `call_parse` function of the command
     except (ValueError, OSError) as e:
         if getattr(e, 'checkpoint', None) is not None:  # a full disk in a run that can be continued
             e.fix = f'free some space, then continue the run: {_resume_command(name)}'
-        print(f'{name}: error: {_message(e, getattr(command, "__wrapped__", command))}', file=sys.stderr, flush=True)
+        print(f'{name}: error: {_message(e, command)}', file=sys.stderr, flush=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt as e:
         print('\n' * sys.stderr.isatty() + _interrupted(name, e), file=sys.stderr, flush=True)
@@ -115,8 +123,7 @@ def _train(data, arch, size, bs, epochs, lr, seed, out, valid_pct, attention, st
     return train(data, arch, size, bs, epochs, lr, seed, out, valid_pct, parse_attention(attention), stem, kernel_size,
                  num_heads, resume, overwrite)
 
-@call_parse
-@_exit_status
+@command
 def sasa_train(
                # dataset name (digits, imagenette, imagenette-320, imagenette-full, imagewoof, ...) or an image folder:
                # train/<class>/ beside val/<class>/, valid/<class>/ or test/<class>/ (the validation images), or just
@@ -148,41 +155,10 @@ def sasa_train(
     return run_command(sasa_train, _train, data, arch, size, bs, epochs, lr, seed, out, valid_pct, attention, stem,
                        kernel_size, num_heads, resume, overwrite)
 
-# %% ../nbs/17_cli.ipynb #697d34f0
-def load_model(path # a weights.pth (plain data), a model folder (model.safetensors + config.json) or an export.pkl
-              ):
-    ("`(model or Learner, class names)` from what `sasa_train` wrote; "
-     "a `ValueError` naming `model` if it cannot be used.")
-    from sasa_fastai.checks import check_file, invalid
-    if Path(path).is_dir():
-        from sasa_fastai.checkpoint import from_pretrained
-        try: model = from_pretrained(path)
-        except (ValueError, FileNotFoundError) as e: raise invalid('model', str(path), f'a model folder: {e}') from None
-        return model, model.vocab
-    p = check_file('model', path, 'a weights.pth, model folder or export.pkl written by sasa_train')
-    if p.suffix == '.pkl':
-        print(f'note: {p.name} is a pickle, and loading a pickle can run code: load only files you trust '
-              '(weights.pth holds plain data only)', file=sys.stderr, flush=True)
-        from fastai.learner import load_learner
-        try:
-            with warnings.catch_warnings():  # fastai's own pickle warning: the note above says it once
-                warnings.simplefilter('ignore')
-                learn = load_learner(p, cpu=True)
-        except Exception as e:
-            raise invalid('model', str(path), f'an exported learner (learn.export or sasa_train), and loading it '
-                          f'failed: {type(e).__name__}: {e}') from None
-        return learn, list(learn.dls.vocab)
-    from sasa_fastai.checkpoint import load_weights
-    try: model, vocab = load_weights(p)
-    except ValueError as e: raise invalid('model', str(path), f'a weights file: {e}') from None
-    if model.input_config is None:
-        raise invalid('model', str(path), 'a weights file that records its input transform (written by sasa_fastai '
-                      '0.2 or later); use the export.pkl written beside it, or save the weights again')
-    return model, vocab
-
 # %% ../nbs/17_cli.ipynb #bbb8158d
 def _maps(image, model, out, query, heads, dpi):
-    from sasa_fastai.checks import check_file, check_int, check_positive, invalid, writable_file
+    from sasa_fastai.checks import check_file, check_int, invalid, writable_file
+    from sasa_fastai.checkpoint import load_model
     from sasa_fastai.data import image_problem
     from sasa_fastai.memory import check_image_memory
     from sasa_fastai.visualize import attention_maps, save_attention_grid
@@ -191,19 +167,18 @@ def _maps(image, model, out, query, heads, dpi):
     if (problem := image_problem(image)) is not None:
         raise invalid('image', image, f'an image file PIL can read ({problem})')
     for h in heads or []: check_int('heads', h, lambda o: o >= 0, 'head indices from 0 (e.g. --heads 0 1 2 3)')
-    check_positive('dpi', dpi)
+    check_int('dpi', dpi, lambda o: 10 <= o <= 1000, 'an integer from 10 to 1000 (dots per inch of the PNG)')
     writable_file('out', out)
     net, vocab = load_model(model)
     maps = attention_maps(net, image, None if query is None else tuple(query), vocab=vocab)
-    if heads and max(heads) >= (n := max(l.heads for l in maps.layers)):
+    if heads and max(heads) >= (n := max(l.num_heads for l in maps.layers)):
         raise invalid('heads', heads, f'head indices below {n} (the model has {n} heads)')
     save_attention_grid(maps, out, heads, dpi)
     print(f'{image}: model input {maps.size[0]}x{maps.size[1]}, query (y, x) = {maps.query}'
           + (f', predicted {maps.pred}' if maps.pred is not None else '') + f'; {len(maps)} attention layers -> {out}')
     return maps
 
-@call_parse
-@_exit_status
+@command
 def sasa_maps(image:str, # image file to look at
               # trained model: weights.pth or the model/ folder (plain data), or export.pkl (a pickle, which can
               # run code when loaded: only load files you trust), as written by sasa_train
@@ -226,8 +201,7 @@ def _bench(out, quick, device, threads, repeats, warmup, levels):
     print(f'wrote {Path(out) / "bench.md"} and {Path(out) / "bench.json"}', file=sys.stderr)
     return report
 
-@call_parse
-@_exit_status
+@command
 def sasa_bench(out:str='bench_out', # folder for bench.md and bench.json
                # 1 warm-up + 3 timed runs, only the C=64 @ 40x40 layer shape (about 2 minutes on 2 cores)
                quick:store_true=False,
@@ -248,8 +222,7 @@ def _compare(data, out, recipe, variants, seeds, depth, size, epochs, bs, lr):
     print(table_markdown(rows))
     return rows
 
-@call_parse
-@_exit_status
+@command
 def sasa_compare(data:str='imagenette', # dataset name (imagenette, imagewoof, digits, ...) or an image folder
                  out:str='results/imagenette', # folder for the runs, results.md, results.json and accuracy.png
                  recipe:str='cpu', # "cpu" (64 px, 5 epochs, batch 32) or "gpu" (128 px, 20 epochs, batch 64)

@@ -24,13 +24,13 @@ from .data import get_dls
 from .distributed import dist_env, distrib_training
 from .checkpoint import (DiskFull, TrainingCheckpoint, atomic_write, human_size, remove_temporaries,
                                     tensor_bytes, save_weights, save_pretrained, load_checkpoint, restore_checkpoint)
-from .visualize import attention_maps  # patches Learner.attention_maps
-from .memory import check_memory, estimate_memory  # (and patches Learner.memory_estimate)
+from .visualize import attention_maps
+from .memory import MemoryEstimate, check_memory, estimate_memory, learner_memory
 
 # %% auto #0
-__all__ = ['DEFAULT_LR', 'DEMO', 'SIGNALS', 'LOCK', 'RUN_FILES', 'arch_fn', 'amp_dtype', 'get_learner', 'PlainTableLogger',
-           'signal_name', 'TrainingInterrupted', 'StopOnInterrupt', 'file_sizes', 'lock_folder', 'unlock_folder',
-           'run_folder', 'train']
+__all__ = ['DEFAULT_LR', 'DEMO', 'SIGNALS', 'LOCK', 'RUN_FILES', 'arch_fn', 'amp_dtype', 'SASALearner', 'get_learner',
+           'PlainTableLogger', 'signal_name', 'TrainingInterrupted', 'StopOnInterrupt', 'file_sizes', 'lock_folder',
+           'unlock_folder', 'run_folder', 'train']
 
 # %% ../nbs/13_learner.ipynb #10a03f4c
 DEFAULT_LR = 4e-3
@@ -58,6 +58,18 @@ def amp_dtype(device # where the model trains
     if device.type != 'cuda': return None
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
+# %% ../nbs/13_learner.ipynb #3c316bc5
+class SASALearner(Learner):
+    "fastai's `Learner`, plus what a SASA model can show: its attention maps and its training step's memory."
+    def attention_maps(self, img, # a path, a PIL image or a model input `[C, H, W]`
+                       query=None): # `(y, x)` in input pixels; default: the centre
+        "Every attention layer's weights for pixel `query` of `img` (see `visualize.attention_maps`)."
+        return attention_maps(self, img, query)
+
+    def memory_estimate(self) -> MemoryEstimate|None:
+        "The memory one training step needs (see `memory.learner_memory`)."
+        return learner_memory(self)
+
 # %% ../nbs/13_learner.ipynb #d239c7d7
 def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder (either layout), or `DataLoaders`
                 arch='sasa_resnet26', # a key of `ARCHS` or a model constructor
@@ -74,7 +86,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
                 mixed_precision=True, # bf16/fp16 AMP when the data is on a CUDA device
                 memory_check=True, # refuse a size and batch whose training step would not fit in memory
                 **kwargs # passed to `Learner` (e.g. `wd`, `opt_func`, `cbs`)
-               ) -> Learner:
+               ) -> SASALearner:
     "A fastai `Learner` for `arch` on `data`: label-smoothing loss, accuracy metrics, AMP on GPU."
     make = arch_fn(arch)
     check_number('lr', lr, lambda o: o > 0, f'a positive finite number (e.g. {DEFAULT_LR})')
@@ -88,7 +100,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
     n_out = len(dls.vocab)
     model = make(n_out=n_out, n_in=3, **sasa)
     metrics = [accuracy] + ([top_k_accuracy] if n_out >= 5 else [])  # top-5 needs at least 5 classes
-    learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropy(), metrics=metrics, lr=lr, **kwargs)
+    learn = SASALearner(dls, model, loss_func=LabelSmoothingCrossEntropy(), metrics=metrics, lr=lr, **kwargs)
     if mixed_precision and torch.device(dls.device or 'cpu').type == 'cuda':
         learn.to_bf16() if amp_dtype(dls.device) == torch.bfloat16 else learn.to_fp16()
     learn.arch_name = getattr(make, '__name__', type(model).__name__)

@@ -15,7 +15,7 @@ from .data import input_config
 
 # %% auto #0
 __all__ = ['meta_copy', 'activation_bytes', 'available_memory', 'gb', 'MemoryEstimate', 'estimate_memory', 'check_memory',
-           'check_image_memory']
+           'learner_memory', 'check_image_memory']
 
 # %% ../nbs/12a_memory.ipynb #b9ae0fe1
 def meta_copy(model # a model (a `ResNet` is rebuilt from its `config()`, anything else copied)
@@ -140,13 +140,13 @@ def check_memory(est # a `MemoryEstimate`
     raise invalid('size', est.size[0], (f'at most {s} px at batch {est.bs}: ' if s >= 32 else 'smaller: ') + need)
 
 # %% ../nbs/12a_memory.ipynb #3e99899e
-@patch
-def memory_estimate(self:Learner) -> MemoryEstimate|None:
-    "The memory one training step of this learner needs (`None` if its data's size is unknown: not from `get_dls`)."
-    cfg = input_config(self.dls)
+def learner_memory(learn # a fastai `Learner`
+                  ) -> MemoryEstimate|None:
+    "The memory one training step of `learn` needs (`None` if its data's size is unknown: not from `get_dls`)."
+    cfg = input_config(learn.dls)
     if cfg is None: return None
-    return estimate_memory(self.model, tuple(cfg['size'][::-1]), self.dls.train.bs, self.dls.device or 'cpu',
-                           getattr(self, 'arch_name', None))
+    return estimate_memory(learn.model, tuple(cfg['size'][::-1]), learn.dls.train.bs, learn.dls.device or 'cpu',
+                           getattr(learn, 'arch_name', None))
 
 # %% ../nbs/12a_memory.ipynb #2cc3d35f
 def check_image_memory(fn, # an image file

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_visualize.ipynb #007a9caf
 from __future__ import annotations
-import math, re
+import math, re, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +113,11 @@ class LayerWindow:
     box: tuple # `(top, left, bottom, right)` of the window in input pixels (may reach past the image)
 
     @property
-    def heads(self): return self.weights.shape[0]
+    def num_heads(self): return self.weights.shape[0]
+    @property
+    def heads(self):  # the name of sasa_fastai 0.2 (`heads` is now a list of head indices, as `sasa_maps --heads`)
+        warnings.warn('LayerWindow.heads is now LayerWindow.num_heads', DeprecationWarning, stacklevel=2)
+        return self.num_heads
     @property
     def k(self): return self.weights.shape[-1]
     @property
@@ -237,16 +241,11 @@ def attention_maps(model, # a fastai `Learner` or an `nn.Module` with SASA layer
     out, pred = (out.detach().cpu() if isinstance(out, torch.Tensor) else None), None
     cfg = getattr(net, 'input_config', None)
     if stats is None and learn is None and cfg is not None: stats = (cfg['mean'], cfg['std'])
-    if vocab is None and learn is not None: vocab = getattr(learn.dls, 'vocab', None)
+    if vocab is None: vocab = getattr(learn.dls, 'vocab', None) if learn is not None else getattr(net, 'vocab', None)
     if vocab is not None and out is not None and out.ndim == 2:
         try: pred = str(vocab[out[0].argmax().item()])
         except Exception: pred = None
     return AttentionMaps(decode_image(x, learn, stats), x[0].detach().cpu(), query, layers, full, out, pred)
-
-@patch
-def attention_maps(self:Learner, img, query=None):
-    "`attention_maps(self, img, query)`: every attention layer's weights for pixel `query` of `img`."
-    return attention_maps(self, img, query)
 
 # %% ../nbs/12_visualize.ipynb #0be1c4bc
 def _offsets(kind, size, k):
@@ -348,14 +347,14 @@ def show_attention_grid(maps, # an `AttentionMaps`
                         title=True): # a title that says what a panel shows, with the query and prediction
     "Grid of layers x heads: each head's window drawn on the image at its true place and scale, query marked."
     recs = [maps[o] for o in layers] if layers is not None else list(maps.layers)
-    nh = max(l.heads for l in recs)
+    nh = max(l.num_heads for l in recs)
     heads = list(range(nh)) if heads is None else list(heads)
     fig, axs = plt.subplots(len(recs), len(heads), figsize=(panel * len(heads) + 2.4, panel * len(recs) + 1.6),
                             squeeze=False, layout='constrained')
     for row, lw in zip(axs, recs):
         for ax, n in zip(row, heads):
             ax.set_xticks([]); ax.set_yticks([])
-            if n >= lw.heads: ax.axis('off'); continue
+            if n >= lw.num_heads: ax.axis('off'); continue
             _draw_window(ax, lw, n, maps.size, maps.image)
             _mark_query(ax, maps.query, 20)
             ax.text(0.03, 0.97, f'{float(lw.weights[n].max()):.2f}', transform=ax.transAxes, va='top', fontsize=7,
