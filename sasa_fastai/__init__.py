@@ -10,8 +10,9 @@ _NAMES = {'sasa_attention': 'attention', 'SASA2d': 'layers', 'SASAStem': 'layers
           'resnet26': 'models', 'resnet38': 'models', 'resnet50': 'models', 'resnet101': 'models',
           'sasa_resnet26': 'models', 'sasa_resnet38': 'models', 'sasa_resnet50': 'models', 'sasa_resnet101': 'models',
           'get_dls': 'data', 'get_learner': 'learner', 'save_weights': 'checkpoint', 'load_weights': 'checkpoint',
-          'save_pretrained': 'checkpoint', 'from_pretrained': 'checkpoint', 'attention_maps': 'visualize',
-          'show_attention_grid': 'visualize', 'count_flops': 'flops', 'register': 'ecosystem'}
+          'save_pretrained': 'checkpoint', 'from_pretrained': 'checkpoint', 'load_model': 'checkpoint',
+          'attention_maps': 'visualize', 'show_attention_grid': 'visualize', 'predict': 'visualize',
+          'SASALearner': 'learner', 'count_flops': 'flops', 'register': 'ecosystem'}
 __all__ = list(_NAMES)
 
 # fastai's `vision_learner` and timm's `create_model` know our models when those libraries were imported first;

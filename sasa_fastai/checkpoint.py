@@ -52,9 +52,12 @@ def atomic_write(path, # the file to (re)write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f'.{path.name}.{secrets.token_hex(4)}.tmp'  # (the name `remove_temporaries` knows)
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode 0666 minus the umask, as open() does
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # mode 0666 minus the umask, as open() does
+    mode = os.fstat(fd).st_mode & 0o777
+    os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # a writer that makes its own file (safetensors: 0600) leaves it as every other output
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:

@@ -90,6 +90,7 @@ def get_learner(data='digits', # dataset name (see `DATASETS`), an image folder 
     "A fastai `Learner` for `arch` on `data`: label-smoothing loss, accuracy metrics, AMP on GPU."
     make = arch_fn(arch)
     check_number('lr', lr, lambda o: o > 0, f'a positive finite number (e.g. {DEFAULT_LR})')
+    if not isinstance(data, DataLoaders): check_positive('bs', bs)  # (before the memory estimate builds a batch of it)
     sasa = dict(attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
     sasa = {k: v for k, v in sasa.items() if v is not None} | ({'inference': True} if inference else {})
     early = memory_check and isinstance(size, int) and not isinstance(data, DataLoaders)

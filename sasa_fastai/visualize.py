@@ -25,7 +25,7 @@ from .checkpoint import atomic_write
 
 # %% auto #0
 __all__ = ['ATTENTION_TYPES', 'attention_layers', 'AttentionRecorder', 'attention_recording', 'window_geometry', 'LayerWindow',
-           'AttentionMaps', 'decode_image', 'attention_maps', 'mean_attention_distance', 'layer_label',
+           'AttentionMaps', 'decode_image', 'attention_maps', 'predict', 'mean_attention_distance', 'layer_label',
            'show_attention_grid', 'save_attention_grid', 'attention_image', 'show_query_attention',
            'show_attention_distance']
 
@@ -246,6 +246,23 @@ def attention_maps(model, # a fastai `Learner` or an `nn.Module` with SASA layer
         try: pred = str(vocab[out[0].argmax().item()])
         except Exception: pred = None
     return AttentionMaps(decode_image(x, learn, stats), x[0].detach().cpu(), query, layers, full, out, pred)
+
+# %% ../nbs/12_visualize.ipynb #721cd1bb
+def predict(model, # a fastai `Learner`, or a model from `from_pretrained` or `load_weights`
+            img, # an image file or a PIL image (or a model input `[C, H, W]`)
+            k=5 # how many classes
+           ) -> list: # `[(class, probability)]`, the most likely first
+    "The `k` most likely classes of `img` and their probabilities."
+    learn = model if isinstance(model, Learner) else None
+    net = _model(model)
+    vocab = list(learn.dls.vocab) if learn is not None else getattr(net, 'vocab', None)
+    x, training = _as_input(net, img, learn), net.training
+    try:
+        net.eval()
+        with torch.no_grad(): p = net(x).float().softmax(-1)[0].cpu()
+    finally: net.train(training)
+    top = p.topk(min(k, len(p)))
+    return [(str(vocab[i]) if vocab is not None else int(i), float(v)) for v, i in zip(top.values, top.indices)]
 
 # %% ../nbs/12_visualize.ipynb #0be1c4bc
 def _offsets(kind, size, k):
