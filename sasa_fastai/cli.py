@@ -117,11 +117,10 @@ def parse_attention(s):
     raise invalid('attention', s, 'stage numbers such as "2,3,4", "all" or "none"')
 
 # %% ../nbs/17_cli.ipynb #0c65597c
-def _train(data, arch, size, bs, epochs, lr, seed, out, valid_pct, attention, stem, kernel_size, num_heads, resume,
-           overwrite):
+def _train(attention=None, **settings):
+    "`learner.train` with `sasa_train`'s flags, by name (they are its arguments)."
     from sasa_fastai.learner import train
-    return train(data, arch, size, bs, epochs, lr, seed, out, valid_pct, parse_attention(attention), stem, kernel_size,
-                 num_heads, resume, overwrite)
+    return train(attention=parse_attention(attention), **settings)
 
 @command
 def sasa_train(
@@ -152,8 +151,7 @@ def sasa_train(
               ):
     ("Train a SASA (or conv) ResNet with one-cycle; "
      "write the learner, its weights, history, loss curve and a checkpoint into --out.")
-    return run_command(sasa_train, _train, data, arch, size, bs, epochs, lr, seed, out, valid_pct, attention, stem,
-                       kernel_size, num_heads, resume, overwrite)
+    return run_command(sasa_train, _train, **locals())  # every flag, by name
 
 # %% ../nbs/17_cli.ipynb #bbb8158d
 def _maps(image, model, out, query, heads, dpi):
@@ -188,7 +186,7 @@ def sasa_maps(image:str, # image file to look at
               heads:Param('indices of the heads to show, from 0 (default: all)', int, nargs='+')=None,
               dpi:int=110): # resolution of the PNG
     "Draw where every head of every SASA layer of a trained model looks, for one image and one query pixel."
-    return run_command(sasa_maps, _maps, image, model, out, query, heads, dpi)
+    return run_command(sasa_maps, _maps, **locals())  # every argument, by name
 
 # %% ../nbs/17_cli.ipynb #c963a1c9
 def _bench(out, quick, device, threads, repeats, warmup, levels):
@@ -213,12 +211,13 @@ def sasa_bench(out:str='bench_out', # folder for bench.md and bench.json
                             'this CPU runs, PyTorch capped to it)', str, nargs='+')=None):
     ("Time and peak memory of the SASA layer (vs k² copies and a 3x3 conv) and of SASA-ResNet26 (vs ResNet-26); "
      "prints the tables.")
-    return run_command(sasa_bench, _bench, out, quick, device, threads, repeats, warmup, levels)
+    return run_command(sasa_bench, _bench, **locals())  # every flag, by name
 
 # %% ../nbs/17_cli.ipynb #0ae9b131
 def _compare(data, out, recipe, variants, seeds, depth, size, epochs, bs, lr):
     from sasa_fastai.compare import compare, table_markdown
-    rows = compare(data, out, recipe, variants, seeds, depth, size=size, epochs=epochs, bs=bs, lr=lr)
+    rows = compare(data=data, out=out, recipe_name=recipe, variants=variants, seeds=seeds, depth=depth, size=size,
+                   epochs=epochs, bs=bs, lr=lr)
     print(table_markdown(rows))
     return rows
 
@@ -238,4 +237,4 @@ def sasa_compare(data:str='imagenette', # dataset name (imagenette, imagewoof, d
                  lr:float=None): # peak learning rate instead of the recipe's
     ("Train the conv ResNet and SASA ResNets side by side with one recipe; write the table and accuracy plot "
      "into --out. Run again after an interruption to continue (finished runs are kept).")
-    return run_command(sasa_compare, _compare, data, out, recipe, variants, seeds, depth, size, epochs, bs, lr)
+    return run_command(sasa_compare, _compare, **locals())  # every flag, by name

@@ -79,8 +79,9 @@ def _run_main(arg):
     from sasa_fastai.models import ARCHS
     start = time.time()
     try:
-        learn = train(req['data'], spec['arch'], spec['size'], spec['bs'], spec['epochs'], spec['lr'], spec['seed'],
-                      out, attention=spec.get('attention'), stem=spec.get('stem'), resume=req['resume'])
+        learn = train(data=req['data'], arch=spec['arch'], size=spec['size'], bs=spec['bs'], epochs=spec['epochs'],
+                      lr=spec['lr'], seed=spec['seed'], out=out, attention=spec.get('attention'), stem=spec.get('stem'),
+                      resume=req['resume'])
     except KeyboardInterrupt: sys.exit(130)
     wall = time.time() - start
     device = torch.device(learn.dls.device or 'cpu')
