@@ -52,7 +52,7 @@ demo: $(STAMP)
 	  $(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --size 48 --bs 16 --lr 0.003 --epochs 12 --seed 42 --out out/demo --overwrite 2>&1 | tee out/demo/train.log; \
 	echo "demo training wall time: $$(( $$(date +%s) - start ))s" | tee -a out/demo/train.log
 	@img=$$($(PY) -c "from sasa_fastai.data import digits_folder; print(sorted((digits_folder() / 'val').rglob('*.png'))[0])") && \
-	  $(VENV)/bin/sasa_maps "$$img" --model out/demo/weights.pth --out out/demo/attention_maps.png  # nbs/12_visualize.ipynb
+	  $(VENV)/bin/sasa_maps "$$img" --model out/demo/model --out out/demo/attention_maps.png  # nbs/12_visualize.ipynb
 
 # the demo recipe over five seeds: results/demo_sweep.md and .json (the README's demo figures)
 demo-sweep: $(STAMP)
@@ -91,7 +91,7 @@ clean-venv:
 MAPS_PHOTO ?= val/n03417042/ILSVRC2012_val_00006922.JPEG
 imagenette-maps: $(STAMP)
 	@$(VENV)/bin/sasa_maps $(DATA)/$(MAPS_PHOTO) --query 34 28 --out nbs/images/imagenette_attention_maps.png \
-	  --model results/imagenette/$(notdir $(DATA))-64px-5ep-bs32-lr0.002/sasa-seed42/weights.pth
+	  --model results/imagenette/$(notdir $(DATA))-64px-5ep-bs32-lr0.002/sasa-seed42/model
 
 # an exported SASA-ResNet-26 on onnxruntime against PyTorch, on the CPU: results/onnx_speed.md (the README's figures)
 onnx-speed: $(STAMP)

@@ -17,9 +17,9 @@ from .models import ResNet
 from .data import input_config
 
 # %% auto #0
-__all__ = ['WEIGHTS_FORMAT', 'PRETRAINED_FORMAT', 'STOP_ENV', 'human_size', 'DiskFull', 'atomic_write', 'remove_temporaries',
-           'read_plain', 'tensor_bytes', 'save_weights', 'load_weights', 'save_pretrained', 'from_pretrained',
-           'load_model', 'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint']
+__all__ = ['WEIGHTS_FORMAT', 'PRETRAINED_FORMAT', 'human_size', 'DiskFull', 'atomic_write', 'remove_temporaries', 'read_plain',
+           'tensor_bytes', 'save_weights', 'load_weights', 'save_pretrained', 'from_pretrained', 'load_model',
+           'TrainingCheckpoint', 'load_checkpoint', 'restore_checkpoint']
 
 # %% ../nbs/11_checkpoint.ipynb #c69a084c
 def human_size(n # a number of bytes
@@ -81,7 +81,7 @@ def remove_temporaries(*folders # folders written with `atomic_write` that no pr
 
 # %% ../nbs/11_checkpoint.ipynb #8ce92e9c
 def read_plain(path, # the file to read
-               what, # what it should be, e.g. 'a weights file (written by save_weights or sasa_train)'
+               what, # what it should be, e.g. 'a training checkpoint (written by sasa_train)'
                fix # what to do when it is not, for the message
               ):
     "`torch.load(path, weights_only=True)`, with a `ValueError` naming `path` when the file cannot be read so."
@@ -121,7 +121,10 @@ WEIGHTS_FORMAT = 'sasa_fastai.weights/2'
 def save_weights(learn, # a `Learner` whose model is a sasa_fastai `ResNet`
                  path # file to write, e.g. 'weights.pth'
                 ) -> Path:
-    "Save the model as plain data (arch name, constructor keywords, class names, input transform, tensors)."
+    "Deprecated (use `save_pretrained`): the model as one file of plain data, as sasa_fastai 0.2 wrote it."
+    warnings.warn('save_weights is deprecated and goes in the next release: save_pretrained(learn, folder) writes the '
+                  'model folder (model.safetensors + config.json) that load_model and from_pretrained read',
+                  DeprecationWarning, stacklevel=2)
     m = _unwrap(learn.model)
     if not isinstance(m, ResNet):
         raise ValueError(f'save_weights: the model is a {type(m).__name__}, not a sasa_fastai ResNet; '
@@ -149,13 +152,11 @@ def _rebuilt(file, # where the model comes from, for the messages
                          f"({str(e).strip().splitlines()[-1].strip()[:160]}); {again}") from None
     return model
 
-_WEIGHTS = 'a sasa_fastai weights file (written by save_weights or sasa_train)'
+_WEIGHTS = 'a sasa_fastai weights file (weights.pth, as sasa_fastai 0.2 wrote)'
 
-def load_weights(path, # a file written by `save_weights`
-                 inference=False # SASA layers keep their attention weights (for plots)
-                ):
-    "Rebuild the model saved by `save_weights` without unpickling code: `(model in eval mode, vocab)`."
-    data = read_plain(path, _WEIGHTS, 'use the weights.pth that sasa_train wrote, or write one with save_weights')
+def _read_weights(path, inference=False):
+    "The model of a weights file, without unpickling code: `(model in eval mode, vocab)`."
+    data = read_plain(path, _WEIGHTS, 'use the model/ folder that sasa_train writes')
     if not (isinstance(data, dict) and str(data.get('format', '')).startswith('sasa_fastai.weights/')):
         raise ValueError(f'{path} is not {_WEIGHTS}')
     model = _rebuilt(path, data.get('model_kwargs'), data.get('state_dict'), inference)
@@ -163,10 +164,18 @@ def load_weights(path, # a file written by `save_weights`
     model.vocab = data.get('vocab')
     return model.eval(), model.vocab
 
+def load_weights(path, # a weights.pth of sasa_fastai 0.2 (or `save_weights`)
+                 inference=False # SASA layers keep their attention weights (for plots)
+                ):
+    "Deprecated (use `load_model`, which reads this file too): `(model in eval mode, vocab)` of a weights file."
+    warnings.warn('load_weights is deprecated and goes in the next release: load_model(path) reads a weights.pth as '
+                  'well as a model folder or an export.pkl', DeprecationWarning, stacklevel=2)
+    return _read_weights(path, inference)
+
 # %% ../nbs/11_checkpoint.ipynb #abe04e34
 PRETRAINED_FORMAT = 'sasa_fastai.pretrained/1'
 
-def save_pretrained(learn, # a `Learner` of a sasa_fastai `ResNet`, or a model from `load_weights`/`from_pretrained`
+def save_pretrained(learn, # a `Learner` of a sasa_fastai `ResNet`, or a model from `load_model`/`from_pretrained`
                     folder # the folder to write (created if needed)
                    ) -> Path:
     "Write `folder/model.safetensors` and `folder/config.json`: a model folder for the Hugging Face Hub."
@@ -245,7 +254,7 @@ def load_model(path # a model folder (model.safetensors + config.json), a weight
             raise invalid('model', str(path), f'an exported learner (learn.export or sasa_train), and loading it '
                           f'failed: {type(e).__name__}: {e}') from None
         return learn, list(learn.dls.vocab)
-    try: model, vocab = load_weights(p)
+    try: model, vocab = _read_weights(p)
     except ValueError as e: raise invalid('model', str(path), f'a weights file: {e}') from None
     if model.input_config is None:
         raise invalid('model', str(path), 'a weights file that records its input transform (written by sasa_fastai '
@@ -279,10 +288,10 @@ def _tuplify(o):
     return tuple(_tuplify(v) for v in o) if isinstance(o, (list, tuple)) else o
 
 # %% ../nbs/11_checkpoint.ipynb #e0e2d179
-def _checkpoint_state(learn, rows, iters, config):
+def _checkpoint_state(learn, rows, iters, settings):
     "What `TrainingCheckpoint` saves at the end of an epoch of `learn`, as plain data (`rows`, `iters`: the history)."
     rec = learn.recorder
-    return {'epoch': learn.epoch + 1, 'n_epoch': learn.n_epoch, 'config': config,
+    return {'epoch': learn.epoch + 1, 'n_epoch': learn.n_epoch, 'settings': settings,
             'model': _plain(dict(_unwrap(learn.model).state_dict())),
             'opt': _plain(learn.opt.state_dict()), 'rng': _plain(_rng_states(learn)),
             'history': _plain({'rows': rows, 'iters': iters, 'losses': [float(o) for o in rec.losses],
@@ -297,18 +306,15 @@ def _set_history(learn, h):
     learn.train_iter = h['train_iter']
 
 # %% ../nbs/11_checkpoint.ipynb #faa93ce1
-STOP_ENV = 'SASA_TRAIN_STOP_AFTER_EPOCH'  # tests: `os._exit` right after the checkpoint of this many epochs
-
 class TrainingCheckpoint(Callback):
     "Save model, optimizer, RNG states and history to `fname` after every epoch (atomically); resume from `state`."
     order = 65  # after Recorder (50): its row for the epoch is complete
     def __init__(self, fname='checkpoint.pth', # file in `learn.path`, or an absolute path
                  state=None, # a checkpoint loaded with `load_checkpoint` to resume from
                  save=True, # write checkpoints (False on the non-zero ranks of a distributed run)
-                 config=None, # plain-data description of the run, stored to check a resume against
+                 settings=None, # the run's settings as plain data (`RunSettings.record`), to check a resume against
                  csv=None): # also write the table of the epochs to this file (in `learn.path`) after each checkpoint
-        self.fname, self.state, self.save, self.config, self.csv = Path(fname), state, save, config, csv
-        self.stop_after = int(os.environ[STOP_ENV]) if os.environ.get(STOP_ENV) else None
+        self.fname, self.state, self.save, self.settings, self.csv = Path(fname), state, save, settings, csv
 
     def before_fit(self):
         self.rows, self.iters = [], []
@@ -337,13 +343,10 @@ class TrainingCheckpoint(Callback):
         self.rows.append(_plain(row) + [time.time() - self.recorder.start_epoch])
         self.iters.append(self.recorder.smooth_loss.count)
         if self.save: self.write()
-        if self.stop_after is not None and self.epoch + 1 == self.stop_after:
-            print(f'{STOP_ENV}={self.stop_after}: stopping after the checkpoint of epoch {self.epoch}', flush=True)
-            os._exit(75)
 
     def write(self):
         "The checkpoint of this epoch, then the table of `csv` from the rows it holds."
-        state = _checkpoint_state(self.learn, self.rows, self.iters, self.config)
+        state = _checkpoint_state(self.learn, self.rows, self.iters, self.settings)
         atomic_write(self.path / self.fname, lambda tmp: torch.save(state, tmp), size=tensor_bytes(state))
         if self.csv: atomic_write(self.path / self.csv, lambda tmp: tmp.write_text(self.table()))
 
@@ -362,6 +365,7 @@ def load_checkpoint(path # a file written by `TrainingCheckpoint`
     st = read_plain(path, _CHECKPOINT, 'delete it to start the run over, or resume from a copy of an intact one')
     if not (isinstance(st, dict) and {'epoch', 'model', 'opt', 'rng', 'history'} <= set(st)):
         raise ValueError(f'{path} is not {_CHECKPOINT}')
+    if 'config' in st: st['settings'] = st.pop('config')  # (the name in files of sasa_fastai 0.2)
     st['rng']['python'] = _tuplify(st['rng']['python'])
     st['rng']['loaders'] = [None if s is None else _tuplify(s) for s in st['rng']['loaders']]
     return st

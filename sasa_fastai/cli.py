@@ -117,10 +117,11 @@ def parse_attention(s):
     raise invalid('attention', s, 'stage numbers such as "2,3,4", "all" or "none"')
 
 # %% ../nbs/17_cli.ipynb #0c65597c
-def _train(attention=None, **settings):
-    "`learner.train` with `sasa_train`'s flags, by name (they are its arguments)."
-    from sasa_fastai.learner import train
-    return train(attention=parse_attention(attention), **settings)
+def _train(out, resume, overwrite, attention=None, **flags):
+    "`learner.train` with `sasa_train`'s flags: the run's `RunSettings` (the other flags), and where it goes."
+    from sasa_fastai.learner import RunSettings, train
+    settings = RunSettings(attention=parse_attention(attention), **flags)
+    return train(settings, out=out, resume=resume, overwrite=overwrite)
 
 @command
 def sasa_train(
@@ -134,8 +135,8 @@ def sasa_train(
                epochs:int=5, # epochs of one-cycle training
                lr:float=4e-3, # maximum learning rate of the one cycle
                seed:int=42, # random seed (fastai's set_seed, reproducible=True)
-               # output folder, of this run only (locked while it runs): export.pkl, weights.pth, model/, history.csv,
-               # loss.png, checkpoint.pth
+               # output folder, of this run only (locked while it runs): export.pkl, model/, history.csv, loss.png,
+               # checkpoint.pth
                out:str='out',
                # share of each class held out for validation (stratified, the same every run) when --data is a folder
                # of just <class>/ subfolders
@@ -178,9 +179,9 @@ def _maps(image, model, out, query, heads, dpi):
 
 @command
 def sasa_maps(image:str, # image file to look at
-              # trained model: weights.pth or the model/ folder (plain data), or export.pkl (a pickle, which can
-              # run code when loaded: only load files you trust), as written by sasa_train
-              model:str='out/weights.pth',
+              # trained model: the model/ folder (plain data) or export.pkl (a pickle, which can run code when
+              # loaded: only load files you trust) that sasa_train wrote, or a weights.pth of sasa_fastai 0.2
+              model:str='out/model',
               out:str='attention_maps.png', # PNG to write: the layers x heads grid of attention windows
               query:Param('Y X pixel in the transformed (model input) image; default: its centre', int, nargs=2)=None,
               heads:Param('indices of the heads to show, from 0 (default: all)', int, nargs='+')=None,

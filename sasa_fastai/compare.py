@@ -73,15 +73,13 @@ def _run_main(arg):
     req = json.loads(arg)
     spec, out = req['spec'], Path(req['out'])
     import torch
-    from sasa_fastai.learner import train
+    from sasa_fastai.learner import RunSettings, train
     from sasa_fastai.flops import count_flops
     from sasa_fastai.benchmark import machine_info
     from sasa_fastai.models import ARCHS
     start = time.time()
     try:
-        learn = train(data=req['data'], arch=spec['arch'], size=spec['size'], bs=spec['bs'], epochs=spec['epochs'],
-                      lr=spec['lr'], seed=spec['seed'], out=out, attention=spec.get('attention'), stem=spec.get('stem'),
-                      resume=req['resume'])
+        learn = train(RunSettings.of(spec, data=req['data']), out=out, resume=req['resume'])
     except KeyboardInterrupt: sys.exit(130)
     wall = time.time() - start
     device = torch.device(learn.dls.device or 'cpu')

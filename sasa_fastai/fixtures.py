@@ -8,11 +8,11 @@ import csv, importlib.resources, io, os, random, shutil, socket, sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from .data import IMAGENETTE_NAMES, digits_folder
+from .datasets import IMAGENETTE_NAMES, digits_folder
 
 # %% auto #0
 __all__ = ['PHOTOS_ENV', 'TEST_CLASSES', 'fake_imagenette', 'class_folder', 'digits_subset', 'messy_folder', 'photos_folder',
-           'photo_subset', 'torchrun']
+           'photo_subset', 'torchrun', 'exit_after_epoch']
 
 # %% ../nbs/10_fixtures.ipynb #4e93518f
 def fake_imagenette(dest, # folder to create
@@ -124,3 +124,22 @@ def torchrun(*args, # the script (or console script) to run, and its arguments
         s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
     return [str(Path(sys.executable).parent / 'torchrun'), '--nnodes', '1', '--nproc_per_node', str(nproc),
             '--master_addr', '127.0.0.1', '--master_port', str(port), *map(str, args)]
+
+# %% ../nbs/10_fixtures.ipynb #f7a0dcd0
+def exit_after_epoch(epoch, # the epoch (from 1) after whose checkpoint the process ends
+                     folder # a folder for the `sitecustomize.py` that does it
+                    ) -> dict: # the environment for the subprocess
+    ("The environment of a training subprocess that ends with status 75 right after the checkpoint of `epoch`, "
+     "as a killed run would: for tests of resuming (the library itself has no such switch).")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / 'sitecustomize.py').write_text(
+        'import os\n'
+        'from sasa_fastai.checkpoint import TrainingCheckpoint\n'
+        '_after_epoch = TrainingCheckpoint.after_epoch\n'
+        'def after_epoch(self):\n'
+        '    _after_epoch(self)\n'
+        f'    if self.epoch + 1 == {int(epoch)}:\n'
+        f'        print("exit_after_epoch: the process ends after the checkpoint of epoch {int(epoch)}", flush=True)\n'
+        '        os._exit(75)\n'
+        'TrainingCheckpoint.after_epoch = after_epoch\n')
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(folder), os.environ.get('PYTHONPATH')]))}

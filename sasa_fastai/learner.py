@@ -5,6 +5,7 @@
 # %% ../nbs/13_learner.ipynb #3b983fcd
 from __future__ import annotations
 import os, secrets, signal, socket, sys, threading, time, warnings
+from dataclasses import asdict, dataclass, fields, replace
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 import torch
@@ -23,14 +24,14 @@ from .models import ARCHS
 from .data import get_dls
 from .distributed import dist_env, distrib_training
 from .checkpoint import (DiskFull, TrainingCheckpoint, atomic_write, human_size, remove_temporaries,
-                                    tensor_bytes, save_weights, save_pretrained, load_checkpoint, restore_checkpoint)
+                                    tensor_bytes, save_pretrained, load_checkpoint, restore_checkpoint)
 from .visualize import attention_maps
 from .memory import MemoryEstimate, check_memory, estimate_memory, learner_memory
 
 # %% auto #0
 __all__ = ['DEFAULT_LR', 'DEMO', 'SIGNALS', 'LOCK', 'RUN_FILES', 'arch_fn', 'amp_dtype', 'SASALearner', 'get_learner',
-           'PlainTableLogger', 'signal_name', 'TrainingInterrupted', 'StopOnInterrupt', 'file_sizes', 'lock_folder',
-           'unlock_folder', 'run_folder', 'train']
+           'PlainTableLogger', 'RunSettings', 'signal_name', 'TrainingInterrupted', 'StopOnInterrupt', 'file_sizes',
+           'lock_folder', 'unlock_folder', 'run_folder', 'train']
 
 # %% ../nbs/13_learner.ipynb #10a03f4c
 DEFAULT_LR = 4e-3
@@ -126,6 +127,41 @@ class PlainTableLogger(Callback):
     def after_fit(self):
         if hasattr(self, 'old_logger'): self.learn.logger = self.old_logger
 
+# %% ../nbs/13_learner.ipynb #e5713842
+@dataclass(frozen=True)
+class RunSettings:
+    "What defines a training run, apart from where it is written: shared by `sasa_train`, `train` and `compare`."
+    data: object = 'digits' # dataset name, image folder (either layout) or `DataLoaders`
+    arch: str = 'sasa_resnet26' # a key of `ARCHS`
+    size: int|None = None # image size (default: the dataset's)
+    bs: int = 64 # batch size (per process in a multi-process run)
+    epochs: int = 5 # epochs of one-cycle training
+    lr: float = DEFAULT_LR # maximum learning rate of the one cycle
+    seed: int = 42 # random seed (fastai's `set_seed`, reproducible=True)
+    valid_pct: float = 0.2 # share held out of a folder without train/ and val/
+    attention: object = None # which stages use SASA: True/False, 4 booleans or stage numbers (default: the arch's)
+    stem: str|None = None # 'conv' or 'attention' (default: the arch's)
+    kernel_size: int|None = None # SASA window (default 7)
+    num_heads: int|None = None # SASA heads (default 8)
+
+    def __post_init__(self): check_positive('epochs', self.epochs); check_seed(self.seed)
+
+    @classmethod
+    def of(cls, values:dict, # a comparison's run, a checkpoint's record...: keys that are not fields are left out
+           **changes # fields to set on top
+          ) -> RunSettings:
+        "The settings among `values`, with `changes`."
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in names}, **changes})
+
+    def record(self) -> dict:
+        "The settings as plain data (what the checkpoint stores and `resume` compares)."
+        return {**asdict(self), 'data': str(self.data), 'lr': float(self.lr)}
+
+    def learner_args(self) -> dict:
+        "`get_learner`'s arguments among the settings."
+        return {k: v for k, v in asdict(self).items() if k not in ('epochs', 'seed')}
+
 # %% ../nbs/13_learner.ipynb #7803f517
 SIGNALS = tuple(getattr(signal, n) for n in ('SIGINT', 'SIGTERM', 'SIGHUP') if hasattr(signal, n))
 
@@ -188,7 +224,7 @@ def _save_loss_plot(learn, fname, title):
     plt.close(fig)
 
 def file_sizes(*files):
-    "`name (size)` for each file, e.g. 'weights.pth (39.6 MB)'."
+    "`name (size)` for each file, e.g. 'export.pkl (39.6 MB)'."
     return ', '.join(f'{Path(f).name} ({human_size(Path(f).stat().st_size)})' for f in files)
 
 # %% ../nbs/13_learner.ipynb #13ba8350
@@ -271,20 +307,21 @@ def run_folder(out, # the run's folder (created with its parents if needed)
             except OSError: break
 
 # %% ../nbs/13_learner.ipynb #aae8e838
-def _check_resume(out, config, resume):
-    "The checkpoint to resume from (or None), refusing a resume whose arguments differ from the run's."
+def _check_resume(out, record, resume):
+    "The checkpoint to resume from (or None), refusing a resume whose settings (`record`) differ from the run's."
     if not resume: return None
     if not (out / 'checkpoint.pth').is_file():
         raise ValueError(f'resume: there is no checkpoint to resume from in out={str(out)!r} '
                          f'({out / "checkpoint.pth"} does not exist); run without resume to start')
     state = load_checkpoint(out / 'checkpoint.pth')
-    changed = [f'{k}={v!r} (the checkpoint has {state["config"].get(k)!r})' for k, v in config.items()
-               if state['config'] is not None and state['config'].get(k) != v]
+    changed = [f'{k}={v!r} (the checkpoint has {state["settings"].get(k)!r})' for k, v in record.items()
+               if state['settings'] is not None and state['settings'].get(k) != v]
     if changed: raise ValueError('resume: these arguments differ from the run being resumed: ' + ', '.join(changed))
     return state
 
 # %% ../nbs/13_learner.ipynb #9045d1b1
-RUN_FILES = ('checkpoint.pth', 'history.csv', 'export.pkl', 'weights.pth', 'loss.png', 'model')  # what `train` writes
+RUN_FILES = ('checkpoint.pth', 'history.csv', 'export.pkl', 'loss.png', 'model', 'weights.pth')  # what `train` writes
+# (and `weights.pth`, which sasa_fastai 0.2 wrote: an earlier run's file too)
 
 def _check_folder(out, state, overwrite):
     ("The files of another run in `out`, which `overwrite` deletes; without `overwrite`, a new run (`state` None) into "
@@ -309,25 +346,26 @@ def _delete_run(out, files):
 
 def _finished(out, state):
     "Whether the run in `out`, resumed from `state`, trained all its epochs and wrote all its files."
-    files = ('export.pkl', 'weights.pth', 'history.csv', 'loss.png', 'model/model.safetensors', 'model/config.json')
+    files = ('export.pkl', 'history.csv', 'loss.png', 'model/model.safetensors', 'model/config.json')
     return state is not None and state['epoch'] >= state['n_epoch'] and all((out / f).is_file() for f in files)
 
 # %% ../nbs/13_learner.ipynb #a25d4559
-def _announce(learn, data, arch, bs, epochs, lr, seed, world, state):
+def _announce(learn, s, world, state):
     "The run's first line: data, model, sizes and where it runs."
     dls = learn.dls
     x, _ = dls.valid.one_batch()
-    print(f'training {arch} on {data}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images, '
-          f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {bs}{f" x {world} processes" if world > 1 else ""}, '
-          f'{epochs} epochs, lr {lr:g}, seed {seed}, device {dls.device or "cpu"}, {torch.get_num_threads()} threads'
+    print(f'training {s.arch} on {s.data}: {len(dls.train_ds)} training / {len(dls.valid_ds)} validation images, '
+          f'{len(dls.vocab)} classes, {x.shape[-1]} px, bs {s.bs}{f" x {world} processes" if world > 1 else ""}, '
+          f'{s.epochs} epochs, lr {s.lr:g}, seed {s.seed}, device {dls.device or "cpu"}, '
+          f'{torch.get_num_threads()} threads'
           + (f', resuming after epoch {state["epoch"] - 1}' if state else ''), flush=True)
     if (est := learn.memory_estimate()) is not None: print(f'memory: {est}', flush=True)
 
 # %% ../nbs/13_learner.ipynb #71155cc8
-def _fit(learn, epochs, state, config, main, world, stop):
+def _fit(learn, epochs, state, record, main, world, stop):
     "One-cycle training, a checkpoint and `history.csv` every epoch; a signal (`stop`) raises `TrainingInterrupted`."
     if state is not None: restore_checkpoint(learn, state)
-    ckpt = TrainingCheckpoint('checkpoint.pth', state=state, save=main, config=config, csv='history.csv')
+    ckpt = TrainingCheckpoint('checkpoint.pth', state=state, save=main, settings=record, csv='history.csv')
     bar = sys.stdout.isatty() and main
     cbs = [ckpt, stop] + ([PlainTableLogger()] if main and not bar else [])
     stop.fitting = True  # (from here: a signal stops the fit after its batch)
@@ -345,13 +383,12 @@ def _fit(learn, epochs, state, config, main, world, stop):
 
 # %% ../nbs/13_learner.ipynb #f8f366f9
 def _save_run(learn, out, arch, data):
-    "Write export.pkl, weights.pth, model/ and loss.png beside history.csv and checkpoint.pth; print what was written."
-    files = [out / 'export.pkl', out / 'weights.pth', out / 'history.csv', out / 'loss.png', out / 'checkpoint.pth']
+    "Write export.pkl, model/ and loss.png beside history.csv and checkpoint.pth; print what was written."
+    files = [out / 'export.pkl', out / 'history.csv', out / 'loss.png', out / 'checkpoint.pth']
     atomic_write(files[0], lambda tmp: learn.export(tmp.absolute()),  # (fastai exports to learn.path / fname)
                  size=tensor_bytes(learn.model.state_dict()))
-    save_weights(learn, files[1])
     folder = save_pretrained(learn, out / 'model')  # model.safetensors + config.json: a folder for the Hugging Face Hub
-    _save_loss_plot(learn, files[3], f'{arch} on {data}: loss')
+    _save_loss_plot(learn, files[2], f'{arch} on {data}: loss')
     acc = learn.recorder.values[-1][learn.recorder.metric_names[1:-1].index('accuracy')]
     print(f'wrote {out}: {file_sizes(*files)}; model/: {file_sizes(*sorted(folder.iterdir()))}')
     print(f'final validation accuracy: {acc:.4f}', flush=True)
@@ -370,46 +407,48 @@ def _kept(learn, state, main):
     return restore_checkpoint(learn, state)
 
 # %% ../nbs/13_learner.ipynb #d20551ce
-def train(data='digits', # dataset name, image folder (either layout) or `DataLoaders`
-          arch='sasa_resnet26', # a key of `ARCHS`
-          size=None, # image size (default: the dataset's)
-          bs=64, # batch size (per process in a multi-process run)
-          epochs=5, # epochs of one-cycle training
-          lr=DEFAULT_LR, # maximum learning rate of the one cycle
-          seed=42, # random seed (fastai's `set_seed`, reproducible=True)
+def _settings(settings, kwargs):
+    "`train`'s settings: `settings` (or the defaults) with the fields in `kwargs`, an unknown name refused."
+    if settings is not None and not isinstance(settings, RunSettings):  # train('digits', ...), as before 0.3
+        warnings.warn('train(data, ...): give the data by name, train(data=...), or a RunSettings; a positional '
+                      'data argument goes in the next release', DeprecationWarning, stacklevel=3)
+        settings, kwargs = None, {'data': settings, **kwargs}
+    names = [f.name for f in fields(RunSettings)]
+    if unknown := [k for k in kwargs if k not in names]:
+        raise TypeError(f'train() got an unexpected keyword argument {unknown[0]!r}: it takes settings, out, resume, '
+                        f'overwrite and the fields of RunSettings ({", ".join(names)})')
+    return replace(settings or RunSettings(), **kwargs)
+
+def train(settings:RunSettings|None=None, # the run's settings (default: `RunSettings()`), changed by `kwargs`
           out='out', # output folder, of this run only (locked while it runs)
-          valid_pct=0.2, # share held out of a folder without train/ and val/
-          attention=None, stem=None, kernel_size=None, num_heads=None, # SASA options, as `get_learner`
-          resume=False, # continue the run in `out` from its last checkpoint (same arguments)
-          overwrite=False # start over in an `out` that holds another run: its files are deleted, after every check
+          resume=False, # continue the run in `out` from its last checkpoint (same settings)
+          overwrite=False, # start over in an `out` that holds another run: its files are deleted, after every check
+          **kwargs # fields of `RunSettings` by name: `data`, `arch`, `size`, `bs`, `epochs`, `lr`, `seed`, ...
          ) -> Learner|None: # the trained learner (None on the other ranks of a multi-process run)
-    "Train with one-cycle, checkpointing every epoch; save the learner, its weights, history and loss curve in `out`."
-    check_positive('epochs', epochs); check_seed(seed)
+    "Train with one-cycle, checkpointing every epoch; save the learner, model folder, history and loss curve in `out`."
+    s = _settings(settings, kwargs)
     if resume and overwrite:
         raise ValueError(f'resume=True continues the run in {out}, overwrite=True deletes it: give one of them')
-    out = Path(out)
-    config = dict(data=str(data), arch=arch, size=size, bs=bs, epochs=epochs, lr=float(lr), seed=seed,
-                  valid_pct=valid_pct, attention=attention, stem=stem, kernel_size=kernel_size, num_heads=num_heads)
+    out, record = Path(out), s.record()
     rank, world, local_rank = dist_env()
     main = rank == 0
     with StopOnInterrupt() as stop, (run_folder(out) if main else nullcontext()):
-        state = _check_resume(out, config, resume)
+        state = _check_resume(out, record, resume)
         old = _check_folder(out, state, overwrite) if main else []
         done = state['epoch'] if state else 0  # epochs checkpointed by this run
         try:
             if world > 1 and torch.cuda.is_available(): torch.cuda.set_device(local_rank)
-            set_seed(seed, reproducible=True)
-            learn = get_learner(data, arch, size=size, bs=bs, valid_pct=valid_pct, attention=attention, stem=stem,
-                                kernel_size=kernel_size, num_heads=num_heads, lr=lr)
+            set_seed(s.seed, reproducible=True)
+            learn = get_learner(**s.learner_args())
             learn.path = out
             if _finished(out, state): return _kept(learn, state, main)
-            if world > 1: check_batches(learn.dls.train, bs, world)
+            if world > 1: check_batches(learn.dls.train, s.bs, world)
             if old: _delete_run(out, old)
-            if main: _announce(learn, data, arch, bs, epochs, lr, seed, world, state)
-            _fit(learn, epochs, state, config, main, world, stop)
-            done = epochs
+            if main: _announce(learn, s, world, state)
+            _fit(learn, s.epochs, state, record, main, world, stop)
+            done = s.epochs
             if not main: return None
-            _save_run(learn, out, arch, data)
+            _save_run(learn, out, s.arch, s.data)
             return learn
         except KeyboardInterrupt as e: raise _stopped(e, out, main, done) from None
         except DiskFull as e:

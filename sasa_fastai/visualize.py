@@ -188,7 +188,7 @@ def decode_image(x, # a model input `[C, H, W]` or `[1, C, H, W]`
 # %% ../nbs/12_visualize.ipynb #194988b1
 def _as_input(model, img, learn):
     "The model input `[1, C, H, W]` for `img`, on the model's device and dtype."
-    cfg = getattr(model, 'input_config', None)  # a model from `load_weights` knows its input transform
+    cfg = getattr(model, 'input_config', None)  # a model from `load_model` or `from_pretrained` knows its transform
     p = next(model.parameters(), None)
     if isinstance(img, torch.Tensor):
         x = (img if img.ndim == 4 else img[None]).as_subclass(torch.Tensor)
@@ -198,7 +198,7 @@ def _as_input(model, img, learn):
     if learn is None and cfg is not None: x = image_input(img, cfg)
     elif learn is None:
         raise ValueError(f'img={img!r} is not valid for a bare model: give a tensor [C, H, W], '
-                         'or a Learner (or a model from load_weights) to transform a path or PIL image')
+                         'or a Learner (or a model from load_model) to transform a path or PIL image')
     else:
         if isinstance(img, Image.Image): img = img.convert('RGB')  # loaded, RGB, as `PILImage` opens files
         x = learn.dls.test_dl([img]).one_batch()[0].as_subclass(torch.Tensor)  # plain tensors from here on
@@ -216,7 +216,7 @@ def _check_query(query, size):
 
 # %% ../nbs/12_visualize.ipynb #eb603a69
 def attention_maps(model, # a fastai `Learner` or an `nn.Module` with SASA layers
-                   # path / PIL image (with a `Learner` or a model from `load_weights`), or a model input `[C, H, W]`
+                   # path / PIL image (with a `Learner` or a model from `load_model`), or a model input `[C, H, W]`
                    img,
                    query=None, # `(y, x)` in input-image pixels; default: the centre
                    stats=None, # `(mean, std)` to un-normalise a bare model's tensor for display
@@ -248,7 +248,7 @@ def attention_maps(model, # a fastai `Learner` or an `nn.Module` with SASA layer
     return AttentionMaps(decode_image(x, learn, stats), x[0].detach().cpu(), query, layers, full, out, pred)
 
 # %% ../nbs/12_visualize.ipynb #721cd1bb
-def predict(model, # a fastai `Learner`, or a model from `from_pretrained` or `load_weights`
+def predict(model, # a fastai `Learner`, or a model from `from_pretrained` or `load_model`
             img, # an image file or a PIL image (or a model input `[C, H, W]`)
             k=5 # how many classes
            ) -> list: # `[(class, probability)]`, the most likely first

@@ -60,7 +60,6 @@ def main():
                f"over {len(accs)} seeds; "
                f"longest training {max(r['train_s'] for r in ok)} s; every seed >= {a.min_acc}: "
                f"{'yes' if len(ok) == len(rows) and min(accs) >= a.min_acc else 'NO'}. Total {time.time() - t0:.0f} s."]
-    if ok: md += ['', f"Files each run writes: {ok[0]['files']}."]
     text = '\n'.join(md) + '\n'
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)

@@ -30,7 +30,9 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import torch
 from sasa_fastai.layers import SASA2d
 from sasa_fastai.attention import pick_backend
-from sasa_fastai.benchmark import run_case, layer_case, model_case, machine_info, machine_line, target, targets_text
+from sasa_fastai.benchmark import run_case
+from sasa_fastai.cases import layer_case, model_case
+from sasa_fastai.report import machine_info, machine_line, target, targets_text
 
 TOL = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (3e-2, 6e-2)}  # (forward, gradients): error relative to max |gold|
 NAMES = ('out', 'dx', 'dW_qkv', 'd rel_h', 'd rel_w')

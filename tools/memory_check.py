@@ -2,8 +2,8 @@
 measured in fresh processes, for ResNet-26 and SASA-ResNet-26 at three sizes; writes results/memory.md."""
 import sys
 from pathlib import Path
-from sasa_fastai.benchmark import memory_rows, memory_markdown
-from sasa_fastai.benchmark import machine_info, machine_line
+from sasa_fastai.benchmark import memory_rows
+from sasa_fastai.report import memory_markdown, machine_info, machine_line
 
 def main(out='results/memory.md'):
     rows = memory_rows()
