@@ -121,7 +121,14 @@ def _train(out, resume, overwrite, attention=None, **flags):
     "`learner.train` with `sasa_train`'s flags: the run's `RunSettings` (the other flags), and where it goes."
     from sasa_fastai.learner import RunSettings, train
     settings = RunSettings(attention=parse_attention(attention), **flags)
-    return train(settings, out=out, resume=resume, overwrite=overwrite)
+    try: return train(settings, out=out, resume=resume, overwrite=overwrite)
+    finally: _end_process_group()
+
+def _end_process_group():
+    ("Close the process group of a multi-process run before the interpreter exits: left to the exit, gloo's worker "
+     "threads can abort the process (SIGABRT) while it finalizes.")
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 @command
 def sasa_train(

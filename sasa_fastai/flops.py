@@ -15,7 +15,7 @@ __all__ = ['FLOP_COUNTERS', 'PAPER_FLOPS', 'TABLE1', 'conv_flops', 'linear_flops
 
 # %% ../nbs/14_flops.ipynb #84b76384
 def conv_flops(m, x, y):
-    "`nn.Conv2d`: 2 FLOPs per multiply-add, `2 * ni/groups * kh*kw` for each output element."
+    "`nn.Conv2d`: 2 FLOPs per multiply-add, `2 * C_in/groups * kh*kw` for each output element."
     return {'conv': 2 * (m.in_channels // m.groups) * math.prod(m.kernel_size) * y.numel()}
 
 def linear_flops(m, x, y):
@@ -24,20 +24,20 @@ def linear_flops(m, x, y):
 
 def sasa_flops(m, x, y):
     "`SASA2d` on input `x`: projections, `q.k`, the row and column parts of `q.r`, and the weighted sum of values."
-    B, ni, H, W = x.shape
-    P, nf, k = B * H * W, m.out_channels, m.kernel_size
-    return {'attn projections': 2 * ni * 3 * nf * P, 'attn q.k': 2 * k * k * nf * P,
-            'attn q.r': 2 * (2 * k) * (nf // 2) * P, 'attn weights.v': 2 * k * k * nf * P}
+    B, C_in, H, W = x.shape
+    P, C, k = B * H * W, m.out_channels, m.kernel_size
+    return {'attn projections': 2 * C_in * 3 * C * P, 'attn q.k': 2 * k * k * C * P,
+            'attn q.r': 2 * (2 * k) * (C // 2) * P, 'attn weights.v': 2 * k * k * C * P}
 
 def stem_flops(m, x, y):
     "`SASAStem` on input `x` (padded to a multiple of the block): projections, value mixing, attention in each block."
-    B, ni, H, W = x.shape
-    s, nf, nv = m.block, m.out_channels, m.n_values
+    B, C_in, H, W = x.shape
+    s, C, nv = m.block, m.out_channels, m.n_values
     P = B * (-(-H // s) * s) * (-(-W // s) * s)
-    return {'stem projections': 2 * ni * (2 + nv) * nf * P,
-            'stem value mixing': 2 * nv * nf * P + 2 * s * s * nf * nv,
-            'stem q.k': 2 * s * s * nf * P, 'stem q.r': 2 * 2 * (2 * s - 1) * (nf // 2) * P,
-            'stem weights.v': 2 * s * s * nf * P}
+    return {'stem projections': 2 * C_in * (2 + nv) * C * P,
+            'stem value mixing': 2 * nv * C * P + 2 * s * s * C * nv,
+            'stem q.k': 2 * s * s * C * P, 'stem q.r': 2 * 2 * (2 * s - 1) * (C // 2) * P,
+            'stem weights.v': 2 * s * s * C * P}
 
 FLOP_COUNTERS = ((SASA2d, sasa_flops), (SASAStem, stem_flops), (nn.Conv2d, conv_flops), (nn.Linear, linear_flops))
 

@@ -73,15 +73,15 @@ class SASAStem(nn.Module):
         check_positive('block', block, '(the paper uses 4)')
         check_positive('n_values', n_values, '(the paper does not say; 4 is common)')
         store_attr('in_channels,out_channels,block,num_heads,n_values,inference')
-        d, nf = out_channels // num_heads, out_channels
-        self.qk = nn.Conv2d(in_channels, 2 * nf, 1, bias=False)
-        self.values = nn.Conv2d(in_channels, n_values * nf, 1, bias=False)  # W_V^1 .. W_V^m
-        self.emb_row, self.emb_col = (nn.Parameter(torch.randn(block, nf) * nf ** -0.5) for _ in range(2))
-        self.nu = nn.Parameter(torch.randn(n_values, nf) * nf ** -0.5)
-        self.rel_h, self.rel_w = (nn.Parameter(torch.randn(2 * block - 1, nf // 2) * d ** -0.5) for _ in range(2))
+        d, C = out_channels // num_heads, out_channels
+        self.qk = nn.Conv2d(in_channels, 2 * C, 1, bias=False)
+        self.values = nn.Conv2d(in_channels, n_values * C, 1, bias=False)  # W_V^1 .. W_V^m
+        self.emb_row, self.emb_col = (nn.Parameter(torch.randn(block, C) * C ** -0.5) for _ in range(2))
+        self.nu = nn.Parameter(torch.randn(n_values, C) * C ** -0.5)
+        self.rel_h, self.rel_w = (nn.Parameter(torch.randn(2 * block - 1, C // 2) * d ** -0.5) for _ in range(2))
         nn.init.normal_(self.qk.weight, std=in_channels ** -0.5 * d ** -0.25)
         nn.init.normal_(self.values.weight, std=in_channels ** -0.5)
-        self.bn, self.act, self.pool = nn.BatchNorm2d(nf), nn.ReLU(inplace=True), nn.MaxPool2d(block, ceil_mode=True)
+        self.bn, self.act, self.pool = nn.BatchNorm2d(C), nn.ReLU(inplace=True), nn.MaxPool2d(block, ceil_mode=True)
         i = torch.arange(block * block)
         self.register_buffer('_ridx', (i[None] // block - i[:, None] // block) + block - 1, persistent=False)
         self.register_buffer('_cidx', (i[None] % block - i[:, None] % block) + block - 1, persistent=False)

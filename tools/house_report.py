@@ -24,12 +24,13 @@ CONCEPTS = {
 STRINGS = ['weights.pth', 'model.safetensors', 'export.pkl']  # counted inside string literals too
 
 PROBE = '''
-import argparse, importlib, json, socket, sys, warnings
-import fastai.vision.all, fastai.distributed  # theirs, first
-from fastai.learner import Learner
-from fastai.data.core import DataLoaders
-from fastai.distributed import DistributedDL
+import argparse, importlib, json, os, socket, sys, warnings
+if os.environ.get('PROBE_FASTAI_FIRST'): import fastai.vision.all, fastai.distributed  # theirs, first
 def state():
+    if 'fastai.learner' not in sys.modules: return dict(meta_path=[repr(f) for f in sys.meta_path])
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.distributed import DistributedDL
     return dict(meta_path=[repr(f) for f in sys.meta_path], argparse_error=[repr(argparse.ArgumentParser.error)],
                 warnings_filters=[repr(f) for f in warnings.filters], socket_timeout=[repr(socket.getdefaulttimeout())],
                 fastai=[f'{c.__name__}.{k}={v!r}' for c in (Learner, DataLoaders, DistributedDL)
@@ -74,9 +75,11 @@ def name_counts(tree):
                 for s in STRINGS: c[s] += tok.string.count(s)
     return c
 
-def import_effects(tree):
-    mods = ['sasa_fastai'] + [f'sasa_fastai.{p.stem}' for p in modules(tree)]
-    env = {**os.environ, 'PYTHONPATH': str(tree), 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}
+def import_effects(tree, fastai_first=True):
+    "What importing `sasa_fastai` (and, `fastai_first`, every module of it, after fastai) changes, per kind."
+    mods = ['sasa_fastai'] + ([f'sasa_fastai.{p.stem}' for p in modules(tree)] if fastai_first else [])
+    env = {**os.environ, 'PYTHONPATH': str(tree), 'PYTHONWARNINGS': 'ignore::DeprecationWarning',
+           'PROBE_FASTAI_FIRST': '1' if fastai_first else ''}
     r = subprocess.run([sys.executable, '-c', PROBE, *mods], capture_output=True, text=True, env=env, cwd=tree)
     if r.returncode: return {'error': [r.stderr.strip().splitlines()[-1]]}
     return json.loads(r.stdout)
@@ -101,8 +104,8 @@ def main():
                        capture_output=True)
         try:
             trees = {f'before ({rev})': old, 'now (working tree)': ROOT}
-            info = {k: dict(exported=exported(t), names=name_counts(t), effects=import_effects(t)) for k, t in
-                    trees.items()}
+            info = {k: dict(exported=exported(t), names=name_counts(t), effects=import_effects(t),
+                            alone=import_effects(t, fastai_first=False)) for k, t in trees.items()}
             if not a.no_run:
                 for i, (k, t) in enumerate(trees.items()):
                     (Path(d) / f'r{i}').mkdir()
@@ -122,6 +125,9 @@ def main():
     for k in sorted(set(nb['effects']) | set(nn['effects'])):
         cell = lambda e: '<br>'.join(f'`{x[:90]}`' for x in e.get(k, [])) or 'unchanged'
         print(f'| {k} | {cell(nb["effects"])} | {cell(nn["effects"])} |')
+    alone = lambda e: '<br>'.join(f'`{x[:90]}`' for x in e.get('meta_path', [])) or 'unchanged'
+    print(f'| meta_path, `import sasa_fastai` alone (fastai and timm not imported) | {alone(nb["alone"])} | '
+          f'{alone(nn["alone"])} |')
     print('\n## Exported names per module (`__all__`)\n')
     print(f'| module | {b} | {n} | added | removed |\n|---|---:|---:|---|---|')
     for m in sorted(set(nb['exported']) | set(nn['exported'])):
