@@ -51,7 +51,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} CUDA_VISIBLE_DEVICES= \
 	  $(VENV)/bin/sasa_train --data digits --arch sasa_resnet26 --size 48 --bs 16 --lr 0.003 --epochs 12 --seed 42 --out out/demo --overwrite 2>&1 | tee out/demo/train.log; \
 	echo "demo training wall time: $$(( $$(date +%s) - start ))s" | tee -a out/demo/train.log
-	@img=$$($(PY) -c "from sasa_fastai.data import digits_folder; print(sorted((digits_folder() / 'val').rglob('*.png'))[0])") && \
+	@img=$$($(PY) -W ignore::FutureWarning -c "from sasa_fastai.datasets import digits_folder; print(sorted((digits_folder() / 'val').rglob('*.png'))[0])") && \
 	  $(VENV)/bin/sasa_maps "$$img" --model out/demo/model --out out/demo/attention_maps.png  # nbs/12_visualize.ipynb
 
 # the demo recipe over five seeds: results/demo_sweep.md and .json (the README's demo figures)
