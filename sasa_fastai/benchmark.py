@@ -21,10 +21,17 @@ from .cases import (
 from .report import (
     breakdown_markdown, layer_markdown, model_markdown, target, targets_text, check_targets, cpu_name, cpu_isa,
     machine_info, machine_line, bench_markdown, memory_markdown, _at, _progress_line)
+_all_ = ['LAYERS', 'LAYER_SHAPES', 'BENCH_ARCHS', 'BREAKDOWN_SHAPES', 'CAPPED_ENV', 'layer_case', 'model_case',
+         'case_name', 'breakdown_case', 'bench_cases', 'bench_levels', 'level_env', 'breakdown_markdown',
+         'layer_markdown', 'model_markdown', 'target', 'targets_text', 'check_targets', 'cpu_name', 'cpu_isa',
+         'machine_info', 'machine_line', 'bench_markdown', 'memory_markdown']  # (exported from here as before)
 
 # %% auto #0
 __all__ = ['MEMORY_ENV', 'TIME_ENV', 'make_step', 'peak_rss_mib', 'timed_ms', 'beside', 'measure', 'run_case', 'breakdown',
-           'benchmark', 'memory_rows']
+           'benchmark', 'memory_rows', 'LAYERS', 'LAYER_SHAPES', 'BENCH_ARCHS', 'BREAKDOWN_SHAPES', 'CAPPED_ENV',
+           'layer_case', 'model_case', 'case_name', 'breakdown_case', 'bench_cases', 'bench_levels', 'level_env',
+           'breakdown_markdown', 'layer_markdown', 'model_markdown', 'target', 'targets_text', 'check_targets',
+           'cpu_name', 'cpu_isa', 'machine_info', 'machine_line', 'bench_markdown', 'memory_markdown']
 
 # %% ../nbs/15_benchmark.ipynb #504eeb14
 def _amp(device, amp):

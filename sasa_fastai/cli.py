@@ -10,7 +10,7 @@ from fastcore.script import anno_parser, store_true, Param
 from .checks import InvalidArgument, invalid  # (light: torch and fastai are imported when a command runs)
 
 # %% auto #0
-__all__ = ['EXIT_USAGE', 'EXIT_INTERRUPTED', 'EXIT_STATUS', 'COMMANDS', 'CommandParser', 'command', 'run_command',
+__all__ = ['EXIT_USAGE', 'EXIT_INTERRUPTED', 'EXIT_STATUS', 'COMMANDS', 'MOVED', 'CommandParser', 'command', 'run_command',
            'parse_attention', 'sasa_train', 'sasa_maps', 'sasa_bench', 'sasa_compare']
 
 # %% ../nbs/17_cli.ipynb #46daedb6
@@ -246,3 +246,14 @@ def sasa_compare(data:str='imagenette', # dataset name (imagenette, imagewoof, d
     ("Train the conv ResNet and SASA ResNets side by side with one recipe; write the table and accuracy plot "
      "into --out. Run again after an interruption to continue (finished runs are kept).")
     return run_command(sasa_compare, _compare, **locals())  # every flag, by name
+
+# %% ../nbs/17_cli.ipynb #6deb9aff
+MOVED = {'load_model': 'sasa_fastai.checkpoint'}  # name: where it lives now (the old names go in the next release)
+
+def __getattr__(name):
+    "A name that moved out of this module, from its new home, with a `DeprecationWarning`."
+    if name not in MOVED: raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    warnings.warn(f'sasa_fastai.cli.{name} moved to {MOVED[name]}.{name}; the old name goes in the next release',
+                  DeprecationWarning, stacklevel=2)
+    import importlib
+    return getattr(importlib.import_module(MOVED[name]), name)
