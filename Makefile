@@ -96,7 +96,7 @@ imagenette-maps: $(STAMP)
 # an exported SASA-ResNet-26 on onnxruntime against PyTorch, on the CPU: results/onnx_speed.md (the README's figures)
 onnx-speed: $(STAMP)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -c "from pathlib import Path; from sasa_fastai.ecosystem import \
-	  onnx_speed, onnx_speed_markdown; from sasa_fastai.benchmark import machine_info, machine_line; \
+	  onnx_speed, onnx_speed_markdown; from sasa_fastai.report import machine_info, machine_line; \
 	  r = onnx_speed(); md = f'{machine_line(machine_info())}\n\n' + onnx_speed_markdown(r) + '\n'; print(md); \
 	  Path('results/onnx_speed.md').write_text('\`make onnx-speed\`\n\n' + md)"
 

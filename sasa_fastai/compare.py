@@ -75,7 +75,7 @@ def _run_main(arg):
     import torch
     from sasa_fastai.learner import RunSettings, train
     from sasa_fastai.flops import count_flops
-    from sasa_fastai.benchmark import machine_info
+    from sasa_fastai.report import machine_info
     from sasa_fastai.models import ARCHS
     start = time.time()
     try:
@@ -180,7 +180,7 @@ def _cell(st, fmt):
 def table_markdown(rows # from `summarize`
                   ) -> str:
     "The comparison as markdown: for each recipe, a line on what was run where, then a row per model."
-    from sasa_fastai.benchmark import machine_line
+    from sasa_fastai.report import machine_line
     out = []
     for tag in dict.fromkeys(r['recipe'] for r in rows):
         rs = [r for r in rows if r['recipe'] == tag]

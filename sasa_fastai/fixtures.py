@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_fixtures.ipynb #231dce39
 from __future__ import annotations
-import csv, importlib.resources, io, os, random, shutil, socket, sys
+import csv, importlib.resources, io, json, os, random, shutil, socket, subprocess, sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
@@ -12,7 +12,7 @@ from .datasets import IMAGENETTE_NAMES, digits_folder
 
 # %% auto #0
 __all__ = ['PHOTOS_ENV', 'TEST_CLASSES', 'fake_imagenette', 'class_folder', 'digits_subset', 'messy_folder', 'photos_folder',
-           'photo_subset', 'torchrun', 'exit_after_epoch']
+           'photo_subset', 'torchrun', 'exit_after_epoch', 'import_effects']
 
 # %% ../nbs/10_fixtures.ipynb #4e93518f
 def fake_imagenette(dest, # folder to create
@@ -143,3 +143,36 @@ def exit_after_epoch(epoch, # the epoch (from 1) after whose checkpoint the proc
         '        os._exit(75)\n'
         'TrainingCheckpoint.after_epoch = after_epoch\n')
     return {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(folder), os.environ.get('PYTHONPATH')]))}
+
+# %% ../nbs/10_fixtures.ipynb #72b83db9
+_PROBE = '''
+import argparse, importlib, json, os, socket, sys, warnings
+if os.environ.get('PROBE_FIRST'):  # theirs, first
+    import fastai.vision.all, fastai.distributed, matplotlib.pyplot, sklearn.datasets, torch._dynamo
+def state():
+    if 'fastai.learner' not in sys.modules: return dict(meta_path=[repr(f) for f in sys.meta_path])
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.distributed import DistributedDL
+    return dict(meta_path=[repr(f) for f in sys.meta_path], argparse_error=[repr(argparse.ArgumentParser.error)],
+                warnings_filters=[repr(f) for f in warnings.filters], socket_timeout=[repr(socket.getdefaulttimeout())],
+                fastai=[f'{c.__name__}.{k}={v!r}' for c in (Learner, DataLoaders, DistributedDL)
+                        for k, v in vars(c).items()])
+before = state()
+for m in sys.argv[1:]: importlib.import_module(m)
+after = state()
+print(json.dumps({k: [f'+ {x}' for x in after.get(k, []) if x not in before[k]] +
+                     [f'- {x}' for x in before[k] if x not in after.get(k, [])] for k in before}))
+'''
+
+def import_effects(*modules, # module names, imported in this order
+                   path=None, # a folder to import them from, before the installed packages
+                   fastai_first=True # import fastai (and matplotlib, scikit-learn, dynamo) first, as a notebook does
+                  ) -> dict: # per kind of shared state: `+ added` and `- removed` entries
+    "What importing `modules` in a fresh process changes of the state a process shares."
+    paths = filter(None, [path and str(path), os.environ.get('PYTHONPATH')])
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(paths), 'PROBE_FIRST': '1' if fastai_first else ''}
+    # -P: the working directory is not put on sys.path (a package there would shadow the one in `path`)
+    r = subprocess.run([sys.executable, '-P', '-c', _PROBE, *modules], capture_output=True, text=True, env=env)
+    if r.returncode: raise RuntimeError(f'importing {modules} failed: {r.stderr.strip().splitlines()[-1:]}')
+    return json.loads(r.stdout)

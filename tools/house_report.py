@@ -9,6 +9,7 @@ BEFORE is checked out in a temporary git worktree and imported from there (PYTHO
 import argparse, ast, io, json, os, re, subprocess, sys, tempfile, tokenize
 from collections import Counter
 from pathlib import Path
+from sasa_fastai import fixtures  # (this tree's: the probe runs the other tree in a fresh process)
 
 ROOT = Path(__file__).resolve().parents[1]
 # one concept, the names it has had; identifiers are counted in the package's code (not nbdev's index)
@@ -22,25 +23,6 @@ CONCEPTS = {
     'the model on disk': ['save_pretrained', 'from_pretrained', 'load_model', 'save_weights', 'load_weights'],
 }
 STRINGS = ['weights.pth', 'model.safetensors', 'export.pkl']  # counted inside string literals too
-
-PROBE = '''
-import argparse, importlib, json, os, socket, sys, warnings
-if os.environ.get('PROBE_FASTAI_FIRST'): import fastai.vision.all, fastai.distributed  # theirs, first
-def state():
-    if 'fastai.learner' not in sys.modules: return dict(meta_path=[repr(f) for f in sys.meta_path])
-    from fastai.learner import Learner
-    from fastai.data.core import DataLoaders
-    from fastai.distributed import DistributedDL
-    return dict(meta_path=[repr(f) for f in sys.meta_path], argparse_error=[repr(argparse.ArgumentParser.error)],
-                warnings_filters=[repr(f) for f in warnings.filters], socket_timeout=[repr(socket.getdefaulttimeout())],
-                fastai=[f'{c.__name__}.{k}={v!r}' for c in (Learner, DataLoaders, DistributedDL)
-                        for k, v in vars(c).items()])
-before = state()
-for m in sys.argv[1:]: importlib.import_module(m)
-after = state()
-print(json.dumps({k: [f'+ {x}' for x in after[k] if x not in before[k]] +
-                     [f'- {x}' for x in before[k] if x not in after[k]] for k in before}))
-'''
 
 RUN = '''
 import os, sys, json
@@ -76,13 +58,10 @@ def name_counts(tree):
     return c
 
 def import_effects(tree, fastai_first=True):
-    "What importing `sasa_fastai` (and, `fastai_first`, every module of it, after fastai) changes, per kind."
+    "What importing `sasa_fastai` (and, `fastai_first`, every module of it, after fastai) from `tree` changes."
     mods = ['sasa_fastai'] + ([f'sasa_fastai.{p.stem}' for p in modules(tree)] if fastai_first else [])
-    env = {**os.environ, 'PYTHONPATH': str(tree), 'PYTHONWARNINGS': 'ignore::DeprecationWarning',
-           'PROBE_FASTAI_FIRST': '1' if fastai_first else ''}
-    r = subprocess.run([sys.executable, '-c', PROBE, *mods], capture_output=True, text=True, env=env, cwd=tree)
-    if r.returncode: return {'error': [r.stderr.strip().splitlines()[-1]]}
-    return json.loads(r.stdout)
+    try: return fixtures.import_effects(*mods, path=tree, fastai_first=fastai_first)
+    except RuntimeError as e: return {'error': [str(e)]}
 
 def run_files(tree, tmp):
     env = {**os.environ, 'PYTHONPATH': str(tree), 'OMP_NUM_THREADS': '2', 'PYTHONWARNINGS': 'ignore'}
